@@ -1,0 +1,75 @@
+"""Shape arithmetic shared by the rules: tuples, broadcasting, convolution sizes.
+
+Rules call these helpers and never inline index arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from gradcheck_kit.errors import InvalidParameterError
+
+
+def ntuple(value, n: int, name: str) -> tuple[int, ...]:
+    """``2 -> (2, 2)``; a sequence must already have ``n`` entries."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        t = tuple(value)
+        if len(t) == 1:
+            t = t * n
+        if len(t) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in t):
+            raise InvalidParameterError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+        return t
+    raise InvalidParameterError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+
+
+def unbroadcast(grad: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Undo broadcasting: sum ``grad`` down to ``shape``.
+
+    If ``y = broadcast(x)`` then ``dL/dx = sum of dL/dy over the broadcast axes``:
+    leading axes that broadcasting added, and axes where ``x`` had size 1.
+    """
+    shape = tuple(shape)
+    if tuple(grad.shape) == shape:
+        return grad
+    lead = grad.dim() - len(shape)
+    if lead > 0:
+        grad = grad.sum(dim=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(dim=axes, keepdim=True)
+    return grad.reshape(shape)
+
+
+def conv_output_size(in_size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
+    """``floor((L + p_lo + p_hi - d (k - 1) - 1) / s) + 1``."""
+    return (in_size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def same_padding(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """(low, high) padding per spatial dim for ``padding="same"`` (stride 1).
+
+    torch pads ``total = d (k - 1)``; with an even total the extra element goes on
+    the high side: ``low = total // 2``, ``high = total - low``.
+    """
+    out = []
+    for k, d in zip(kernel, dilation):
+        total = d * (k - 1)
+        out.append((total // 2, total - total // 2))
+    return tuple(out)
+
+
+def conv_output_padding(in_size: int, out_size: int, kernel: int, stride: int,
+                        pad_lo: int, pad_hi: int, dilation: int) -> int:
+    """The ``output_padding`` a transposed convolution needs to give back ``in_size``.
+
+    A strided convolution drops the last ``(L + p_lo + p_hi - d (k - 1) - 1) mod s``
+    input positions; its transpose produces
+    ``(out - 1) s - p_lo - p_hi + d (k - 1) + 1`` positions (with symmetric padding
+    ``p``), so the missing tail is the output padding.
+    """
+    produced = (out_size - 1) * stride - pad_lo - pad_hi + dilation * (kernel - 1) + 1
+    return in_size - produced

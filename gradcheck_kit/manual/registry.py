@@ -1,0 +1,185 @@
+"""The rule registry: one ``Rule`` per torch function, looked up by name.
+
+A rule is data, as an OpInfo is: the torch function it mirrors, the names of its
+positional tensor arguments, an explicit backward, sample inputs, and optionally a
+symbolic (sympy) forward.  ``register`` adds one; a duplicate name is an error at
+import time.
+
+Contract of a rule (other parts of the kit depend on it):
+
+* ``rule.forward(*tensors, **params)`` computes what ``rule.torch_fn`` computes.
+* ``rule.backward(grad_output, *tensors, needs_input_grad=None, **params)`` returns a
+  tuple with one entry per positional argument: the gradient of
+  ``<grad_output, forward(...)>`` with respect to that argument, or ``None`` where the
+  argument is ``None``, not a floating tensor, listed in ``nondifferentiable``, or
+  not asked for in ``needs_input_grad``.
+* ``rule.samples(device, dtype)`` yields ``Sample(args, kwargs, name)``.
+* ``rule.symbolic(*arrays, **params)`` (optional) is the forward over numpy object
+  arrays of sympy expressions, used by ``gradcheck_kit.derive``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+__all__ = ["Sample", "Rule", "register", "get", "names", "rules"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample input: positional ``args`` (tensors, ``None`` or numbers), keyword ``kwargs``."""
+
+    args: tuple
+    kwargs: dict
+    name: str
+
+    def __repr__(self) -> str:  # tensors print as Tensor[2x3, float64, cpu]
+        from gradcheck_kit.manual._sampling import describe
+
+        args = ", ".join(describe(a) for a in self.args)
+        kw = ", ".join(f"{k}={describe(v)}" for k, v in self.kwargs.items())
+        return f"Sample({self.name}: {args}{', ' if kw else ''}{kw})"
+
+
+def _is_float_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
+
+
+@dataclass
+class Rule:
+    """An explicit backward formula for one torch function."""
+
+    name: str
+    torch_fn: Callable
+    tensor_args: tuple[str, ...]
+    backward_impl: Callable
+    sample_fn: Callable[..., Iterable[Sample]]
+    forward_impl: Callable | None = None
+    symbolic: Callable | None = None
+    nondifferentiable: frozenset[str] = field(default_factory=frozenset)
+    differentiable_backward: bool = True
+    doc: str = ""
+
+    # -- contract -----------------------------------------------------------
+    def forward(self, *args, **params):
+        fn = self.forward_impl or self.torch_fn
+        return fn(*args, **params)
+
+    def backward(self, grad_output, *args, needs_input_grad: Sequence[bool] | None = None, **params):
+        n = len(self.tensor_args)
+        if len(args) > n:
+            raise TypeError(f"{self.name}: backward takes at most {n} positional arguments "
+                            f"{self.tensor_args}, got {len(args)}")
+        wanted = self._needs(args, needs_input_grad)
+        grads = self.backward_impl(grad_output, *args, needs_input_grad=wanted, **params)
+        grads = tuple(grads)
+        if len(grads) < len(args):
+            raise RuntimeError(f"rule {self.name!r} returned {len(grads)} gradients for {len(args)} arguments")
+        # Entries nobody asked for, or that cannot have a gradient, are None.
+        return tuple(g if w else None for g, w in zip(grads[: len(args)], wanted))
+
+    def samples(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> list[Sample]:
+        return list(self.sample_fn(device=torch.device(device), dtype=dtype))
+
+    def differentiable_mask(self, args: Sequence[Any]) -> tuple[bool, ...]:
+        """Which positional arguments can carry a gradient at all."""
+        return tuple(
+            _is_float_tensor(a) and name not in self.nondifferentiable
+            for a, name in zip(args, self.tensor_args)
+        )
+
+    # -- helpers --------------------------------------------------------------
+    def _needs(self, args, needs_input_grad) -> tuple[bool, ...]:
+        possible = self.differentiable_mask(args)
+        if needs_input_grad is None:
+            return possible
+        needs = tuple(bool(b) for b in needs_input_grad)
+        if len(needs) < len(args):
+            raise ValueError(f"{self.name}: needs_input_grad has {len(needs)} entries for "
+                             f"{len(args)} positional arguments {self.tensor_args[:len(args)]}")
+        return tuple(p and w for p, w in zip(possible, needs))
+
+    @property
+    def has_symbolic(self) -> bool:
+        return self.symbolic is not None
+
+    def __repr__(self) -> str:
+        fn = getattr(self.torch_fn, "__module__", "") + "." + getattr(self.torch_fn, "__name__", "?")
+        return f"Rule({self.name!r} mirrors {fn}, args={self.tensor_args})"
+
+
+_REGISTRY: dict[str, Rule] = {}
+
+
+def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], samples: Callable,
+             forward: Callable | None = None, symbolic: Callable | None = None,
+             nondifferentiable: Iterable[str] = (), differentiable_backward: bool = True):
+    """Decorator registering ``backward`` as the explicit backward of ``torch_fn``.
+
+    ::
+
+        @register("relu", torch_fn=F.relu, tensor_args=("input",), samples=relu_samples)
+        def relu_backward(grad_output, input, *, needs_input_grad, inplace=False):
+            return (grad_output * (input > 0),)   # dL/dx = g * 1[x > 0]
+    """
+
+    def deco(backward: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise RuntimeError(f"rule {name!r} is registered twice")
+        _REGISTRY[name] = Rule(
+            name=name,
+            torch_fn=torch_fn,
+            tensor_args=tuple(tensor_args),
+            backward_impl=backward,
+            sample_fn=samples,
+            forward_impl=forward,
+            symbolic=symbolic,
+            nondifferentiable=frozenset(nondifferentiable),
+            differentiable_backward=differentiable_backward,
+            doc=(backward.__doc__ or "").strip(),
+        )
+        return backward
+
+    return deco
+
+
+def get(name: str) -> Rule:
+    """The rule called ``name``; an unknown name raises ``KeyError`` naming the closest ones."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"no rule named {name!r}{hint}") from None
+
+
+def names() -> list[str]:
+    """Sorted names of every registered rule."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def rules() -> list[Rule]:
+    """Every registered rule, sorted by name."""
+    return [_REGISTRY[n] for n in names()]
+
+
+_FAMILIES = ("conv", "pooling", "activations", "linear", "losses", "normalization",
+             "elementwise", "shape_ops", "composites")
+
+
+def _load() -> None:
+    """Import every family module once so that its rules are registered."""
+    import importlib
+
+    for fam in _FAMILIES:
+        try:
+            importlib.import_module(f"gradcheck_kit.manual.{fam}")
+        except ModuleNotFoundError as e:  # a family not written yet
+            if e.name != f"gradcheck_kit.manual.{fam}":
+                raise
