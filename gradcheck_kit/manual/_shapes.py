@@ -73,3 +73,35 @@ def conv_output_padding(in_size: int, out_size: int, kernel: int, stride: int,
     """
     produced = (out_size - 1) * stride - pad_lo - pad_hi + dilation * (kernel - 1) + 1
     return in_size - produced
+
+
+def conv_padding(padding, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+                 name: str = "padding") -> tuple[tuple[int, int], ...]:
+    """(low, high) padding per spatial dim of a convolution's ``padding`` argument.
+
+    ``int`` / tuple: symmetric; ``"valid"``: none; ``"same"``: ``same_padding``
+    (asymmetric when ``d (k - 1)`` is odd), allowed only with stride 1 as in torch.
+    """
+    n = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * n
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise InvalidParameterError(
+                    f"{name}='same' needs stride 1 in every dimension, got stride={tuple(stride)} "
+                    f"(torch refuses it too)")
+            return same_padding(kernel, dilation)
+        raise InvalidParameterError(f"{name} must be an int, a tuple of {n} ints, 'same' or 'valid', got {padding!r}")
+    pads = ntuple(padding, n, name)
+    if any(p < 0 for p in pads):
+        raise InvalidParameterError(f"{name} must be non-negative, got {padding!r}")
+    return tuple((p, p) for p in pads)
+
+
+def positive_ntuple(value, n: int, name: str) -> tuple[int, ...]:
+    """``ntuple`` whose entries must all be >= 1 (stride, dilation)."""
+    t = ntuple(value, n, name)
+    if any(v < 1 for v in t):
+        raise InvalidParameterError(f"{name} must be positive, got {value!r}")
+    return t

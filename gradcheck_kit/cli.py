@@ -1,0 +1,446 @@
+"""The ``gradcheck-kit`` command: parse, delegate to the kit, format.
+
+    gradcheck-kit check cases/conv_relu_conv.py [--device all] [--dtype float32] [--json]
+    gradcheck-kit list [--json]
+    gradcheck-kit sweep [RULE...] [--device cpu] [--dtype float64] [--json]
+    gradcheck-kit derive ...
+
+Exit codes: 0 everything passed, 1 a gradient mismatch, 2 a usage error or bad input
+(one ``error:`` line on stderr; ``--debug`` adds the traceback).  With ``--json``
+standard output holds exactly one JSON document.
+
+torch and rich are imported inside the commands, so ``--help`` and ``--version``
+answer without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from typing import Any, Sequence
+
+from gradcheck_kit._version import __version__
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+DEVICES = ("cpu", "cuda", "all")
+REFERENCES = {"autograd": "autograd", "fd": "finite-difference", "both": "both"}
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one ``error:`` line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line ``error:`` message and no ``sys.exit`` on errors."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# -- parser -------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gradcheck-kit",
+        description="Check hand-written gradients against autograd and finite differences.",
+        epilog="exit codes: 0 everything passed, 1 a gradient mismatch, 2 a usage error or bad input",
+    )
+    parser.add_argument("--version", action="version", version=f"gradcheck-kit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p, *, json_help: str):
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.add_argument("--debug", action="store_true", help="print the traceback of an error")
+
+    p = sub.add_parser("check", help="check the gradients of one or more case files",
+                       description="Check the explicit gradients of case files (a loss, its inputs and "
+                                   "optionally manual gradients) against a reference.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="case file(s): Python files defining "
+                   "inputs(device, dtype), loss(...) and optionally manual(...) and WRT")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where to run: cpu (default), cuda, or all (CPU and every visible GPU)")
+    p.add_argument("--dtype", choices=DTYPES, default="float64", help="dtype of the inputs (default float64)")
+    p.add_argument("--reference", choices=tuple(REFERENCES), default="autograd",
+                   help="compare manual gradients with autograd (default), finite differences (fd), or both")
+    p.add_argument("--double-backward", action="store_true",
+                   help="also check second derivatives through the manual gradients")
+    p.add_argument("--seed", type=int, default=0, help="seed of torch's generator before inputs() (default 0)")
+    common(p, json_help="print one JSON document instead of tables")
+
+    p = sub.add_parser("list", help="list the registry's backward rules",
+                       description="List the rules of gradcheck_kit.manual: the torch function each mirrors, "
+                                   "whether its backward is differentiable and whether it has a symbolic forward.")
+    common(p, json_help="print one JSON document instead of a table")
+
+    p = sub.add_parser("sweep", help="check every rule over every sample against autograd",
+                       description="Check rules of the registry over all their samples against autograd.")
+    p.add_argument("rules", nargs="*", metavar="RULE", help="rule names (default: every rule)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or all")
+    p.add_argument("--dtype", choices=DTYPES, default="float64", help="dtype of the samples (default float64)")
+    common(p, json_help="print one JSON document instead of tables")
+
+    sub.add_parser("derive", add_help=False, help="exact symbolic Jacobians with sympy "
+                   "(see 'gradcheck-kit derive --help')")
+    return parser
+
+
+# -- entry point ---------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] == "derive":
+            return _derive(argv)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        handler = {"check": _check, "list": _list, "sweep": _sweep}[args.command]
+        return handler(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every other failure is bad input: one line, exit 2
+        _error(e, debug)
+        return EXIT_USAGE
+
+
+def _error(e: BaseException, debug: bool) -> None:
+    from gradcheck_kit.errors import GradcheckKitError
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    if isinstance(e, (UsageError, GradcheckKitError)):
+        msg = _first_line(str(e))
+    elif isinstance(e, _CaseError):
+        msg = _first_line(str(e)) + ("" if debug or e.kit_error else " (run with --debug for the traceback)")
+    elif isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):
+        msg = _first_line(e.args[0])
+    else:
+        msg = f"{type(e).__name__}: {_first_line(str(e))}"
+        if not debug:
+            msg += " (run with --debug for the traceback)"
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+class _CaseError(Exception):
+    """An exception raised while checking one case, with the case named in front."""
+
+    def __init__(self, where: str, exc: BaseException):
+        from gradcheck_kit.errors import GradcheckKitError
+
+        text = _first_line(str(exc))
+        self.kit_error = isinstance(exc, GradcheckKitError)
+        if not self.kit_error:
+            text = f"{type(exc).__name__}: {text}"
+        super().__init__(f"{where}: {text}")
+
+
+# -- derive (delegated to gradcheck_kit._cli_derive) -----------------------------------
+
+def _derive(argv: list[str]) -> int:
+    try:
+        from gradcheck_kit import _cli_derive
+    except ModuleNotFoundError as e:
+        if e.name != "gradcheck_kit._cli_derive":
+            raise
+        raise UsageError("the derive command is not available in this installation "
+                         "(gradcheck_kit._cli_derive is missing)") from e
+    parser = _Parser(prog="gradcheck-kit")
+    sub = parser.add_subparsers(dest="command")
+    _cli_derive.add_parser(sub)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # derive --help
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    return int(_cli_derive.run(args) or 0)
+
+
+# -- helpers -------------------------------------------------------------------------
+
+def _stdout_console(json_mode: bool):
+    from rich.console import Console
+
+    if json_mode:
+        return Console(file=sys.stderr, stderr=True)
+    width = None if sys.stdout.isatty() else 160
+    return Console(file=sys.stdout, width=width, highlight=False)
+
+
+def _devices(choice: str) -> list[str]:
+    import torch
+
+    if choice == "cpu":
+        return ["cpu"]
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if choice == "cuda":
+        if n == 0:
+            raise UsageError("--device cuda needs a CUDA GPU, but none is visible "
+                             "(torch.cuda.is_available() is False)")
+        return ["cuda"]
+    return ["cpu"] + [f"cuda:{i}" for i in range(n)]
+
+
+def _dump_json(doc: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _user_stdout_to_stderr(active: bool):
+    """With ``--json``, whatever user code prints goes to stderr: stdout holds one document."""
+    if not active:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+# -- check ---------------------------------------------------------------------------
+
+def _check(args) -> int:
+    import torch
+
+    from gradcheck_kit import _format
+    from gradcheck_kit.casefile import load_case
+
+    devices = _devices(args.device)
+    dtype = getattr(torch, args.dtype)
+    reference = REFERENCES[args.reference]
+    console = _stdout_console(args.json)
+    started = time.perf_counter()
+
+    entries = []
+    with _user_stdout_to_stderr(args.json):
+        cases = [load_case(f) for f in args.files]  # every file loads before anything runs
+        from gradcheck_kit.compare import check
+        for path, case in zip(args.files, cases):
+            for device in devices:
+                inputs = case.make_inputs(device, dtype, args.seed)
+                try:
+                    report = check(case.loss, inputs, case.manual, wrt=case.wrt, reference=reference,
+                                   device=device, dtype=dtype, double_backward=args.double_backward,
+                                   seed=args.seed)
+                except Exception as e:
+                    raise _CaseError(f"{case.name} ({device}, {args.dtype})", e) from e
+                entries.append({"file": str(path), "device": device, "dtype": args.dtype,
+                                "ok": bool(report.ok), "inputs": _format.inputs_json(report),
+                                "_report": report, "_case": case})
+                if not args.json:
+                    title = f"{case.name} · {device} · {args.dtype} · {_format.comparison_label(report)}"
+                    console.print(_format.report_table(report, title=title))
+                    notes = _notes(report)
+                    if notes:
+                        console.print(notes, style="dim", markup=False, highlight=False)
+
+    ok = all(e["ok"] for e in entries)
+    elapsed = time.perf_counter() - started
+    if args.json:
+        _dump_json({"ok": ok, "cases": [{k: v for k, v in e.items() if not k.startswith("_")}
+                                        for e in entries]})
+    else:
+        n_ok = sum(e["ok"] for e in entries)
+        line = _format.summary_line(n_ok, len(entries), "case checks", elapsed)
+        failing = [f"{e['_case'].name} ({e['device']}): "
+                   + ", ".join(f"{i['name']} at {_format.fmt_index(i['worst_index'])}"
+                               for i in e["inputs"] if not i["ok"])
+                   for e in entries if not e["ok"]]
+        if failing:
+            line += " - mismatch in " + "; ".join(failing)
+        console.print(line, style="bold green" if ok else "bold red", markup=False, highlight=False)
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
+def _notes(report) -> str:
+    """Extra lines of the report (summed loss, finite-difference mode, kinks) if it has any."""
+    notes = getattr(report, "notes", None)
+    if not notes:
+        return ""
+    if isinstance(notes, str):
+        return notes
+    return "\n".join(str(n) for n in notes)
+
+
+# -- list ----------------------------------------------------------------------------
+
+def _torch_names() -> dict:
+    """id(function) -> its public dotted name in torch.nn.functional, torch or torch.Tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    out: dict = {}
+    for prefix, mod in (("torch.Tensor", torch.Tensor), ("torch", torch), ("torch.nn.functional", F)):
+        for attr in dir(mod):
+            if not attr.startswith("_"):
+                out[id(getattr(mod, attr, None))] = f"{prefix}.{attr}"
+    return out
+
+
+def _torch_name(fn, known: dict) -> str:
+    if id(fn) in known:
+        return known[id(fn)]
+    module = getattr(fn, "__module__", None) or ""
+    qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{qual}" if module else qual
+
+
+def _list(args) -> int:
+    from gradcheck_kit import manual
+
+    rows, known = [], _torch_names()
+    for rule in manual.rules():
+        rows.append({
+            "name": rule.name,
+            "torch_function": _torch_name(rule.torch_fn, known),
+            "tensor_args": list(rule.tensor_args),
+            "differentiable_backward": bool(rule.differentiable_backward),
+            "symbolic": bool(rule.has_symbolic),
+        })
+    if args.json:
+        _dump_json({"rules": rows})
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} rules in gradcheck_kit.manual", title_justify="left")
+    table.add_column("rule", style="bold", no_wrap=True)
+    table.add_column("mirrors", overflow="fold")
+    table.add_column("tensor args", overflow="fold")
+    table.add_column("differentiable backward")
+    table.add_column("symbolic forward")
+    for r in rows:
+        table.add_row(r["name"], r["torch_function"], ", ".join(r["tensor_args"]),
+                      "yes" if r["differentiable_backward"] else "no", "yes" if r["symbolic"] else "no")
+    _stdout_console(False).print(table)
+    return EXIT_OK
+
+
+# -- sweep ---------------------------------------------------------------------------
+
+def _sweep(args) -> int:
+    import torch
+
+    from gradcheck_kit import _format, manual
+
+    for name in args.rules:
+        manual.get(name)  # unknown rule: KeyError naming the closest ones -> exit 2
+    try:
+        from gradcheck_kit import sweep as sweep_mod
+    except ModuleNotFoundError as e:
+        if e.name != "gradcheck_kit.sweep":
+            raise
+        raise UsageError("gradcheck_kit.sweep is not available in this installation") from e
+
+    devices = _devices(args.device)
+    dtype = getattr(torch, args.dtype)
+    names = list(args.rules) or None
+    console = _stdout_console(args.json)
+    started = time.perf_counter()
+
+    results = []
+    with _user_stdout_to_stderr(args.json):
+        for device in devices:
+            results += [(device, r) for r in _run_sweep(sweep_mod, names, device, dtype)]
+
+    entries = []
+    for device, r in results:
+        report = _format.field(r, "report")
+        entry = {"rule": _format.field(r, "rule"), "sample": _format.field(r, "sample"),
+                 "device": device, "dtype": args.dtype, "ok": bool(_format.field(r, "ok")),
+                 "inputs": _format.inputs_json(report) if report is not None else []}
+        err = _format.field(r, "error")
+        if err:
+            entry["error"] = str(err)
+        entries.append(entry)
+    ok = all(e["ok"] for e in entries)
+    elapsed = time.perf_counter() - started
+
+    if args.json:
+        _dump_json({"ok": ok, "rules": entries})
+        return EXIT_OK if ok else EXIT_MISMATCH
+
+    from rich.table import Table
+
+    per_rule: dict[tuple[str, str], list[dict]] = {}
+    for e in entries:
+        per_rule.setdefault((e["rule"], e["device"]), []).append(e)
+    table = Table(title=f"sweep · {args.dtype} · reference autograd", title_justify="left")
+    table.add_column("rule", style="bold")
+    table.add_column("device")
+    table.add_column("samples", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("max abs err", justify="right")
+    table.add_column("verdict")
+    for (rule, device), es in per_rule.items():
+        failed = [e for e in es if not e["ok"]]
+        errs = [i["max_abs_err"] for e in es for i in e["inputs"] if i["max_abs_err"] is not None]
+        table.add_row(rule, device, str(len(es)), str(len(failed)), _format.fmt_float(max(errs, default=None)),
+                      "[green]ok[/green]" if not failed else "[bold red]FAIL[/bold red]")
+    console.print(table)
+    for e in entries:
+        if e["ok"]:
+            continue
+        detail = e.get("error") or "; ".join(
+            f"{i['name']}: max abs err {_format.fmt_float(i['max_abs_err'])} at {_format.fmt_index(i['worst_index'])}"
+            + (f" ({i['hint']})" if i["hint"] else "") for i in e["inputs"] if not i["ok"])
+        console.print(f"FAIL {e['rule']} {e['sample']} ({e['device']}, {e['dtype']}): {detail}",
+                      style="red", markup=False, highlight=False)
+    n_ok = sum(e["ok"] for e in entries)
+    console.print(_format.summary_line(n_ok, len(entries), "rule samples", elapsed),
+                  style="bold green" if ok else "bold red", markup=False, highlight=False)
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
+def _run_sweep(sweep_mod, names, device, dtype) -> list:
+    """``sweep_mod.sweep(...)`` with a rich progress bar on stderr."""
+    import inspect
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    fn = sweep_mod.sweep
+    params = inspect.signature(fn).parameters
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(file=sys.stderr, stderr=True), transient=True) as bar:
+        task = bar.add_task(f"sweep {device}", total=None)
+
+        def progress(*a, **kw):
+            # accepts progress(done, total[, label]) or progress(result) or progress(label)
+            nums = [x for x in a if isinstance(x, int) and not isinstance(x, bool)]
+            label = next((x for x in a if isinstance(x, str)), None)
+            if len(nums) >= 2:
+                bar.update(task, completed=nums[0], total=nums[1])
+            else:
+                bar.advance(task)
+            if label:
+                bar.update(task, description=f"sweep {device} {label}")
+
+        kwargs = {"device": device, "dtype": dtype}
+        if "progress" in params:
+            kwargs["progress"] = progress
+        out = fn(names, **kwargs)
+        return list(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

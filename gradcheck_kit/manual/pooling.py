@@ -1,0 +1,518 @@
+"""Pooling rules: ``max_pool{1,2,3}d``, ``avg_pool{1,2,3}d``, ``adaptive_avg_pool2d``.
+
+Geometry along one spatial axis (input length ``L``, kernel ``k``, stride ``s``,
+padding ``p``, dilation ``d``): window ``o`` reads the input positions
+``pos(o, j) = o s + j d - p`` for ``j = 0 .. k-1``; positions outside ``[0, L)`` are
+padding.  All the pooling operators are separable over the spatial axes.
+
+* max pool: ``y[o] = x[a(o)]`` with ``a(o)`` the selected position of window ``o``, so
+  ``dL/dx[i] = sum over {o : a(o) = i} of g[o]`` (a scatter-add; overlapping windows
+  that select the same element accumulate).  Selection follows torch's CPU and CUDA
+  kernels: scan the window in row-major order (d, then h, then w) and keep ``val`` if
+  ``val > maxval or isnan(val)``, starting from the first in-bounds element.  Hence:
+  the FIRST maximum wins a tie, the LAST NaN wins if the window holds NaNs, and a
+  window of ``-inf`` selects its first in-bounds element.
+* average pool: ``y = (A_1 (x) A_2 (x) A_3) x / div`` with ``A_a[o, i] = 1[i in window o]``
+  a 0/1 matrix per axis, so ``dL/dx = (A_1^T (x) A_2^T (x) A_3^T) (g / div)``: the
+  adjoint, one matmul per axis.  torch's divisor: ``divisor_override`` if given, else
+  with ``count_include_pad`` the window length clipped to the padded extent
+  ``[-p, L + p)`` (ceil_mode windows that run past it are NOT counted in full), else
+  the number of in-bounds elements.
+* adaptive average pool: window ``o`` is ``[floor(o L / O), ceil((o + 1) L / O))`` and
+  the divisor its length; backward is the same adjoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import sympy
+import torch
+import torch.nn.functional as F
+
+from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, UnsupportedError
+from gradcheck_kit.manual._sampling import Maker
+from gradcheck_kit.manual._shapes import ntuple
+from gradcheck_kit.manual.registry import Sample, register
+
+__all__ = ["pool_output_size"]
+
+
+# -- geometry -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One spatial axis of a pooling window: input length L, output length O."""
+
+    L: int
+    O: int
+    k: int
+    s: int
+    p: int
+    d: int = 1
+
+    def positions(self, device=None) -> torch.Tensor:
+        """``pos[o, j] = o s + j d - p`` (input coordinates, may be out of bounds)."""
+        o = torch.arange(self.O, device=device)[:, None]
+        j = torch.arange(self.k, device=device)[None, :]
+        return o * self.s + j * self.d - self.p
+
+    def windows(self) -> list[list[int]]:
+        """In-bounds input positions of every window, in scan order."""
+        return [[o * self.s + j * self.d - self.p for j in range(self.k)
+                 if 0 <= o * self.s + j * self.d - self.p < self.L] for o in range(self.O)]
+
+
+def pool_output_size(L: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """torch's ``pooling_output_shape``.
+
+    ``O = floor((L + 2p - d (k - 1) - 1 + (s - 1 if ceil_mode)) / s) + 1``; with
+    ``ceil_mode`` the last window must start inside the input or its left padding:
+    if ``(O - 1) s >= L + p`` it is dropped.
+    """
+    O = (L + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (O - 1) * s >= L + p:
+        O -= 1
+    return O
+
+
+def _spatial(op: str, nd: int, input) -> tuple[bool, tuple[int, ...]]:
+    """(batched?, spatial shape); ``input`` is ``(N, C, *S)`` or ``(C, *S)``."""
+    dim = len(input.shape)  # a tensor or a numpy object array (symbolic forward)
+    if dim not in (nd + 1, nd + 2):
+        raise InvalidInputError(f"{op}: input must have {nd + 1} (unbatched) or {nd + 2} (batched) "
+                                f"dimensions, got shape {tuple(input.shape)}")
+    return dim == nd + 2, tuple(input.shape[-nd:])
+
+
+def _pool_axes(op: str, nd: int, input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[_Axis, ...]:
+    _, S = _spatial(op, nd, input)
+    k = ntuple(kernel_size, nd, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else ntuple(stride, nd, "stride")
+    p = ntuple(padding, nd, "padding")
+    d = ntuple(dilation, nd, "dilation")
+    if min(k) <= 0:
+        raise InvalidParameterError(f"{op}: kernel_size must be positive, got {kernel_size!r}")
+    if min(s) <= 0:
+        raise InvalidParameterError(f"{op}: stride must be positive, got {stride!r}")
+    if min(d) <= 0:
+        raise InvalidParameterError(f"{op}: dilation must be positive, got {dilation!r}")
+    if min(p) < 0 or any(pi > ki // 2 for pi, ki in zip(p, k)):
+        raise InvalidParameterError(f"{op}: padding must be between 0 and half the kernel size, "
+                                    f"got padding={padding!r} for kernel_size={kernel_size!r}")
+    axes = tuple(_Axis(L, pool_output_size(L, ki, si, pi, di, bool(ceil_mode)), ki, si, pi, di)
+                 for L, ki, si, pi, di in zip(S, k, s, p, d))
+    if any(a.O < 1 for a in axes):
+        raise InvalidParameterError(f"{op}: input of spatial size {S} is too small for kernel_size={kernel_size!r}, "
+                                    f"padding={padding!r}, dilation={dilation!r} (output size would be "
+                                    f"{tuple(a.O for a in axes)})")
+    return axes
+
+
+def _check_grad(op: str, grad_output, shape) -> None:
+    if tuple(grad_output.shape) != tuple(shape):
+        raise InvalidInputError(f"{op}: grad_output has shape {tuple(grad_output.shape)} but the output "
+                                f"has shape {tuple(shape)}")
+
+
+# -- max pooling --------------------------------------------------------------------
+
+
+def _max_pool_selection(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.Tensor:
+    """Flat spatial index of the element each window selects, shape ``(N, C, O_1 ... O_nd)``.
+
+    Windows are gathered per axis with ``index_select`` (out-of-bounds positions masked
+    to ``-inf``), flattened in row-major kernel order, and reduced with torch's rule:
+    first maximum, or last NaN.
+    """
+    nd = len(axes)
+    win = x
+    valid = torch.ones((), dtype=torch.bool, device=x.device)
+    for a, ax in enumerate(axes):
+        pos = ax.positions(x.device)                                         # (O, k)
+        dim = 2 + 2 * a
+        win = win.index_select(dim, pos.clamp(0, ax.L - 1).flatten()).unflatten(dim, (ax.O, ax.k))
+        ok = (pos >= 0) & (pos < ax.L)
+        valid = valid.unsqueeze(-1).unsqueeze(-1) & ok.reshape((1,) * (2 * a) + (ax.O, ax.k))
+    # (N, C, O1, k1, O2, k2, ...) -> (N, C, O1, O2, ..., k1 k2 ...)
+    perm = [0, 1] + [2 + 2 * a for a in range(nd)] + [3 + 2 * a for a in range(nd)]
+    win = win.permute(perm).flatten(2 + nd)
+    valid = valid.permute([2 * a for a in range(nd)] + [2 * a + 1 for a in range(nd)]).flatten(nd)
+    win = torch.where(valid, win, torch.full((), float("-inf"), dtype=win.dtype, device=win.device))
+    K = win.shape[-1]
+    m = win.amax(dim=-1, keepdim=True)                                       # NaN propagates
+    first_max = ((win == m) & valid).to(torch.uint8).argmax(dim=-1)          # argmax: first of ties
+    last_nan = (K - 1) - torch.isnan(win).flip(-1).to(torch.uint8).argmax(dim=-1)
+    j = torch.where(torch.isnan(m.squeeze(-1)), last_nan, first_max)         # flat kernel offset
+    # Unravel j into per-axis kernel offsets, then to a flat input index.
+    flat = torch.zeros_like(j)
+    rest = j
+    for a in reversed(range(nd)):
+        ax = axes[a]
+        ja = rest % ax.k
+        rest = rest // ax.k
+        o = torch.arange(ax.O, device=x.device).reshape((ax.O,) + (1,) * (nd - 1 - a))
+        pos = o * ax.s + ja * ax.d - ax.p
+        stride = int(np.prod([b.L for b in axes[a + 1:]], dtype=np.int64))
+        flat = flat + pos * stride
+    return flat
+
+
+def _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride, padding,
+                       dilation, ceil_mode, return_indices):
+    if return_indices:
+        raise UnsupportedError(f"{op}: return_indices=True is not supported; the rule mirrors "
+                               f"{op}(..., return_indices=False)")
+    axes = _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode)
+    batched, S = _spatial(op, nd, input)
+    _check_grad(op, grad_output, input.shape[: input.dim() - nd] + tuple(a.O for a in axes))
+    if not needs_input_grad[0]:
+        return (None,)
+    x = input if batched else input.unsqueeze(0)
+    g = grad_output if batched else grad_output.unsqueeze(0)
+    N, C = x.shape[:2]
+    idx = _max_pool_selection(x, axes).reshape(N, C, -1)
+    # dL/dx[i] = sum_{o : a(o) = i} g[o]   (scatter_add on fresh zeros: linear in g)
+    zeros = torch.zeros(N, C, int(np.prod(S, dtype=np.int64)), dtype=g.dtype, device=g.device)
+    gx = torch.scatter_add(zeros, 2, idx, g.reshape(N, C, -1)).reshape(x.shape)
+    return (gx if batched else gx.squeeze(0),)
+
+
+def _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode):
+    axes = _pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode)
+    for ax in axes:
+        if any(not w for w in ax.windows()):
+            # torch's kernel then selects an out-of-bounds index (and its backward writes there).
+            raise UnsupportedError(f"{op}: with dilation={dilation!r} and padding={padding!r} a window of the "
+                                   f"input of spatial size {tuple(a.L for a in axes)} lies entirely in the padding")
+    return axes
+
+
+def _first_max(elems: list):
+    """The first maximum of ``elems`` as a Piecewise (torch's tie convention).
+
+    ``Piecewise((e_j, e_j >= e_i for all i > j), ...)``: the first branch whose element
+    is >= every later one is the first maximum (earlier maxima would have matched).
+    """
+    if len(elems) == 1:
+        return elems[0]
+    pieces = [(e, sympy.And(*[e >= f for f in elems[j + 1:]])) for j, e in enumerate(elems[:-1])]
+    return sympy.Piecewise(*pieces, (elems[-1], True))
+
+
+def _symbolic_pool(input, axes, reduce):
+    """Apply ``reduce(list of elements, per-axis windows)`` to every window of ``input``."""
+    nd = len(axes)
+    lead = input.shape[: input.ndim - nd]
+    wins = [ax.windows() for ax in axes]
+    out = np.empty(lead + tuple(len(w) for w in wins), dtype=object)
+    for b in np.ndindex(*lead):
+        for o in itertools.product(*[range(len(w)) for w in wins]):
+            ws = [wins[a][o[a]] for a in range(nd)]
+            elems = [input[b + i] for i in itertools.product(*ws)]
+            out[b + o] = reduce(elems, o)
+    return out
+
+
+def _make_max_pool(nd: int, torch_fn, samples):
+    op = f"max_pool{nd}d"
+
+    def symbolic(input, *, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 return_indices=False):
+        # Max with torch's tie convention (first maximum in scan order) as a Piecewise.
+        if return_indices:
+            raise UnsupportedError(f"{op}: return_indices=True is not supported")
+        axes = _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode)
+        return _symbolic_pool(input, axes, lambda elems, o: _first_max(elems))
+
+    @register(op, torch_fn=torch_fn, tensor_args=("input",), samples=samples, symbolic=symbolic)
+    def backward(grad_output, input, *, needs_input_grad, kernel_size, stride=None, padding=0, dilation=1,
+                 ceil_mode=False, return_indices=False):
+        # dL/dx = scatter_add of g onto the first maximum (last NaN) of each window
+        return _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride,
+                                  padding, dilation, ceil_mode, return_indices)
+
+    backward.__name__ = backward.__qualname__ = f"{op}_backward"
+    backward.__doc__ = (f"dL/dx[i] = sum of g[o] over the windows o of {op} that select x[i] "
+                        "(first maximum in scan order; last NaN).")
+    return backward, symbolic
+
+
+# -- average pooling --------------------------------------------------------------
+
+
+def _adjoint_sum(h: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
+    """``(A_1^T (x) ... (x) A_n^T) h`` over the last ``n`` axes of ``h``; ``A_a`` is ``(O_a, L_a)``."""
+    nd = len(mats)
+    for a, A in enumerate(mats):
+        dim = h.dim() - nd + a
+        h = torch.movedim(torch.movedim(h, dim, -1) @ A.to(h.dtype), -1, dim)
+    return h
+
+
+def _outer(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """Outer product of 1-d tensors: ``out[o_1, ..., o_n] = prod_a v_a[o_a]``."""
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out.unsqueeze(-1) * v
+    return out
+
+
+def _avg_windows(axes: tuple[_Axis, ...], count_include_pad: bool, device) -> tuple[list, torch.Tensor]:
+    """Per-axis membership matrices ``A_a[o, i]`` and the divisor tensor (without override)."""
+    mats, counts = [], []
+    for ax in axes:
+        start = torch.arange(ax.O, device=device) * ax.s - ax.p                      # may be < 0
+        end = torch.clamp(start + ax.k, max=ax.L + ax.p)                             # padded extent
+        i = torch.arange(ax.L, device=device)
+        mats.append(((i[None, :] >= start[:, None]) & (i[None, :] < end[:, None])).to(torch.int64))
+        if count_include_pad:
+            counts.append(end - start)
+        else:
+            counts.append(torch.clamp(end, max=ax.L) - torch.clamp(start, min=0))
+    return mats, _outer(counts)
+
+
+def _avg_pool_params(op, nd, input, kernel_size, stride, padding, ceil_mode, divisor_override):
+    axes = _pool_axes(op, nd, input, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is not None and (not isinstance(divisor_override, int) or divisor_override == 0):
+        raise InvalidParameterError(f"{op}: divisor_override must be a nonzero int or None, got {divisor_override!r}")
+    return axes
+
+
+def _avg_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride, padding,
+                       ceil_mode, count_include_pad, divisor_override):
+    axes = _avg_pool_params(op, nd, input, kernel_size, stride, padding, ceil_mode, divisor_override)
+    _check_grad(op, grad_output, input.shape[: input.dim() - nd] + tuple(a.O for a in axes))
+    if not needs_input_grad[0]:
+        return (None,)
+    mats, div = _avg_windows(axes, count_include_pad, grad_output.device)
+    if divisor_override is not None:
+        div = divisor_override
+    else:
+        div = div.to(grad_output.dtype)
+    # y = (A_1 (x) ... (x) A_n) x / div   =>   dL/dx = (A_1^T (x) ... (x) A_n^T)(g / div)
+    return (_adjoint_sum(grad_output / div, mats),)
+
+
+def _avg_symbolic(op, nd, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    axes = _avg_pool_params(op, nd, input, kernel_size, stride, padding, ceil_mode, divisor_override)
+    _, div = _avg_windows(axes, count_include_pad, "cpu")
+    div = div.tolist()
+
+    def mean(elems, o):
+        d = divisor_override if divisor_override is not None else _index(div, o)
+        return sympy.Add(*elems) / sympy.Integer(d)
+
+    return _symbolic_pool(input, axes, mean)
+
+
+def _index(nested, o):
+    for i in o:
+        nested = nested[i]
+    return nested
+
+
+def _make_avg_pool(nd: int, torch_fn, samples):
+    op = f"avg_pool{nd}d"
+    doc = (f"dL/dx = A^T (g / div): the adjoint of the 0/1 window sums of {op}, with torch's "
+           "divisor (divisor_override, or the window clipped to the padded extent, or its in-bounds count).")
+
+    if nd == 1:  # F.avg_pool1d has no divisor_override
+        def symbolic(input, *, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+            return _avg_symbolic(op, nd, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
+
+        def backward(grad_output, input, *, needs_input_grad, kernel_size, stride=None, padding=0,
+                     ceil_mode=False, count_include_pad=True):
+            return _avg_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride,
+                                      padding, ceil_mode, count_include_pad, None)
+    else:
+        def symbolic(input, *, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                     divisor_override=None):
+            return _avg_symbolic(op, nd, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                 divisor_override)
+
+        def backward(grad_output, input, *, needs_input_grad, kernel_size, stride=None, padding=0,
+                     ceil_mode=False, count_include_pad=True, divisor_override=None):
+            return _avg_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride,
+                                      padding, ceil_mode, count_include_pad, divisor_override)
+
+    backward.__name__ = backward.__qualname__ = f"{op}_backward"
+    backward.__doc__ = doc
+    register(op, torch_fn=torch_fn, tensor_args=("input",), samples=samples, symbolic=symbolic)(backward)
+    return backward, symbolic
+
+
+# -- adaptive average pooling ---------------------------------------------------------
+
+
+def _adaptive_axes(op: str, nd: int, input, output_size) -> tuple[tuple[int, int], ...]:
+    """(L, O) per axis; ``None`` entries of ``output_size`` keep the input size."""
+    _, S = _spatial(op, nd, input)
+    if output_size is None or isinstance(output_size, int):
+        outs = (output_size,) * nd
+    else:
+        outs = tuple(output_size)
+        if len(outs) == 1:
+            outs = outs * nd
+    if len(outs) != nd or not all(o is None or (isinstance(o, int) and o >= 0) for o in outs):
+        raise InvalidParameterError(f"{op}: output_size must be an int or a tuple of {nd} ints or None, "
+                                    f"got {output_size!r}")
+    if min(S) < 1:
+        raise InvalidInputError(f"{op}: input must have nonzero spatial sizes, got shape {tuple(input.shape)}")
+    return tuple((L, L if o is None else o) for L, o in zip(S, outs))
+
+
+def _adaptive_bounds(L: int, O: int) -> list[tuple[int, int]]:
+    """Window ``o`` covers ``[floor(o L / O), ceil((o + 1) L / O))``."""
+    return [((o * L) // O, -((-(o + 1) * L) // O)) for o in range(O)]
+
+
+def adaptive_avg_pool2d_symbolic(input, *, output_size):
+    op = "adaptive_avg_pool2d"
+    dims = _adaptive_axes(op, 2, input, output_size)
+    bounds = [_adaptive_bounds(L, O) for L, O in dims]
+    lead = input.shape[:-2]
+    out = np.empty(lead + tuple(O for _, O in dims), dtype=object)
+    for b in np.ndindex(*lead):
+        for oh, ow in itertools.product(range(dims[0][1]), range(dims[1][1])):
+            (h0, h1), (w0, w1) = bounds[0][oh], bounds[1][ow]
+            elems = [input[b + (i, j)] for i in range(h0, h1) for j in range(w0, w1)]
+            out[b + (oh, ow)] = sympy.Add(*elems) / sympy.Integer((h1 - h0) * (w1 - w0))
+    return out
+
+
+def adaptive_avg_pool2d_samples(device, dtype):
+    mk = Maker(device, dtype)
+    yield Sample((mk.randn(2, 3, 6, 8),), {"output_size": (3, 4)}, "adaptive_avg_pool2d[divisible]")
+    yield Sample((mk.randn(1, 2, 5, 7),), {"output_size": (3, 4)}, "adaptive_avg_pool2d[overlap]")
+    yield Sample((mk.randn(2, 5, 7),), {"output_size": 3}, "adaptive_avg_pool2d[unbatched,int]")
+    yield Sample((mk.randn(1, 2, 5, 4),), {"output_size": (None, 3)}, "adaptive_avg_pool2d[None]")
+    yield Sample((mk.randn(1, 2, 3, 2),), {"output_size": (5, 4)}, "adaptive_avg_pool2d[upsample]")
+    yield Sample((mk.channels_last(mk.randn(1, 3, 5, 5)),), {"output_size": 2}, "adaptive_avg_pool2d[channels_last]")
+    yield Sample((mk.noncontiguous(mk.randn(1, 2, 4, 6)),), {"output_size": (1, 4)},
+                 "adaptive_avg_pool2d[noncontig]")
+
+
+@register("adaptive_avg_pool2d", torch_fn=F.adaptive_avg_pool2d, tensor_args=("input",),
+          samples=adaptive_avg_pool2d_samples, symbolic=adaptive_avg_pool2d_symbolic)
+def adaptive_avg_pool2d_backward(grad_output, input, *, needs_input_grad, output_size):
+    """dL/dx = (A_h^T (x) A_w^T)(g / |window|), windows [floor(oL/O), ceil((o+1)L/O))."""
+    op = "adaptive_avg_pool2d"
+    dims = _adaptive_axes(op, 2, input, output_size)
+    _check_grad(op, grad_output, input.shape[:-2] + tuple(O for _, O in dims))
+    if not needs_input_grad[0]:
+        return (None,)
+    mats, sizes = [], []
+    for L, O in dims:
+        b = torch.tensor(_adaptive_bounds(L, O), dtype=torch.int64, device=grad_output.device).reshape(O, 2)
+        i = torch.arange(L, device=grad_output.device)
+        mats.append(((i[None, :] >= b[:, :1]) & (i[None, :] < b[:, 1:])).to(torch.int64))
+        sizes.append(b[:, 1] - b[:, 0])
+    div = _outer(sizes).to(grad_output.dtype)
+    return (_adjoint_sum(grad_output / div, mats),)
+
+
+# -- samples ------------------------------------------------------------------------
+
+# (input shape, params, tag, kind); kind: "randn", "ties" (small integers: exact
+# ties, routed to the first maximum), "cl" (channels_last), "nc" (non-contiguous).
+_MAX_TABLE = {
+    1: [
+        ((2, 3, 8), dict(kernel_size=2), "k2", "randn"),
+        ((1, 2, 9), dict(kernel_size=3, stride=1, padding=1), "k3,s1,p1,ties", "ties"),
+        ((1, 2, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), "k3,s2,p1,ceil,partial", "ties"),
+        ((1, 2, 9), dict(kernel_size=3, stride=2, padding=1, dilation=2), "k3,s2,p1,d2", "randn"),
+        ((3, 7), dict(kernel_size=2, stride=1, ceil_mode=True), "unbatched,s1", "ties"),
+        ((1, 2, 8), dict(kernel_size=4, stride=3, padding=2, dilation=1), "k4,s3,p2", "nc"),
+    ],
+    2: [
+        ((2, 2, 4, 4), dict(kernel_size=2), "k2", "randn"),
+        ((1, 2, 5, 5), dict(kernel_size=3, stride=1, padding=1), "k3,s1,p1,ties", "ties"),
+        ((1, 2, 6, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), "k3,s2,p1,ceil,partial", "ties"),
+        ((1, 2, 7, 6), dict(kernel_size=2, stride=1, padding=1, dilation=2), "k2,s1,p1,d2", "ties"),
+        ((1, 2, 5, 8), dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
+         "k2x3,s1x2,p1x0,d1x2", "randn"),
+        ((2, 5, 6), dict(kernel_size=3, stride=2, ceil_mode=True), "unbatched,ceil", "ties"),
+        ((1, 3, 5, 5), dict(kernel_size=2, stride=1), "channels_last,ties", "cl"),
+        ((1, 2, 6, 5), dict(kernel_size=3, stride=2, padding=1), "noncontig", "nc"),
+    ],
+    3: [
+        ((1, 2, 4, 4, 4), dict(kernel_size=2), "k2", "randn"),
+        ((1, 1, 4, 5, 4), dict(kernel_size=3, stride=(1, 2, 1), padding=1), "k3,s1x2x1,p1,ties", "ties"),
+        ((1, 1, 5, 5, 4), dict(kernel_size=(2, 3, 2), stride=2, padding=(1, 1, 0), ceil_mode=True),
+         "k2x3x2,s2,ceil,partial", "ties"),
+        ((1, 1, 5, 4, 5), dict(kernel_size=2, stride=1, dilation=(2, 1, 2)), "d2x1x2", "randn"),
+        ((2, 3, 4, 4), dict(kernel_size=2, stride=1), "unbatched", "ties"),
+        ((1, 2, 3, 4, 4), dict(kernel_size=2, stride=1), "channels_last,ties", "cl"),
+    ],
+}
+
+# (input shape, params, tag, kind)
+_AVG_TABLE = {
+    1: [
+        ((2, 3, 8), dict(kernel_size=2), "k2", "randn"),
+        ((1, 2, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), "k3,s2,p1,ceil", "randn"),
+        ((1, 2, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+         "k3,s2,p1,ceil,exclude_pad", "randn"),
+        ((1, 2, 6), dict(kernel_size=3, stride=2, ceil_mode=True), "k3,s2,ceil,past_end", "randn"),
+        ((3, 7), dict(kernel_size=3, stride=1, padding=1, count_include_pad=False), "unbatched,exclude_pad", "randn"),
+        ((1, 2, 9), dict(kernel_size=4, stride=3, padding=2), "k4,s3,p2", "nc"),
+    ],
+    2: [
+        ((2, 2, 4, 4), dict(kernel_size=2), "k2", "randn"),
+        ((1, 2, 5, 5), dict(kernel_size=3, stride=1, padding=1), "k3,s1,p1", "randn"),
+        ((1, 2, 5, 5), dict(kernel_size=3, stride=1, padding=1, count_include_pad=False),
+         "k3,s1,p1,exclude_pad", "randn"),
+        ((1, 2, 6, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), "k3,s2,p1,ceil,partial", "randn"),
+        ((1, 2, 6, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+         "k3,s2,p1,ceil,exclude_pad", "randn"),
+        ((1, 2, 6, 6), dict(kernel_size=3, stride=2, ceil_mode=True), "k3,s2,ceil,past_end", "randn"),
+        ((1, 2, 5, 6), dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1), divisor_override=5),
+         "k2x3,s1x2,p1,div5", "randn"),
+        ((2, 5, 6), dict(kernel_size=2, stride=2, ceil_mode=True, divisor_override=3), "unbatched,ceil,div3", "randn"),
+        ((1, 3, 5, 5), dict(kernel_size=2, stride=1), "channels_last", "cl"),
+        ((1, 2, 6, 5), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False), "noncontig", "nc"),
+    ],
+    3: [
+        ((1, 2, 4, 4, 4), dict(kernel_size=2), "k2", "randn"),
+        ((1, 1, 5, 5, 4), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), "k3,s2,p1,ceil", "randn"),
+        ((1, 1, 5, 5, 4), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+         "k3,s2,p1,ceil,exclude_pad", "randn"),
+        ((1, 1, 4, 5, 4), dict(kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=(1, 1, 0), divisor_override=7),
+         "k2x3x2,p1x1x0,div7", "randn"),
+        ((2, 3, 4, 4), dict(kernel_size=2, stride=1), "unbatched", "randn"),
+        ((1, 2, 3, 4, 4), dict(kernel_size=2, stride=1), "channels_last", "cl"),
+    ],
+}
+
+
+def _make_input(mk: Maker, shape, kind):
+    if kind == "ties":
+        return mk.integers(*shape, low=-2, high=3)
+    if kind == "cl":
+        return mk.channels_last(mk.integers(*shape, low=-2, high=3))
+    if kind == "nc":
+        return mk.noncontiguous(mk.randn(*shape))
+    return mk.randn(*shape)
+
+
+def _table_samples(op, table):
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+        for shape, params, tag, kind in table:
+            yield Sample((_make_input(mk, shape, kind),), dict(params), f"{op}[{tag}]")
+
+    samples.__name__ = f"{op}_samples"
+    return samples
+
+
+max_pool1d_backward, max_pool1d_symbolic = _make_max_pool(1, F.max_pool1d, _table_samples("max_pool1d", _MAX_TABLE[1]))
+max_pool2d_backward, max_pool2d_symbolic = _make_max_pool(2, F.max_pool2d, _table_samples("max_pool2d", _MAX_TABLE[2]))
+max_pool3d_backward, max_pool3d_symbolic = _make_max_pool(3, F.max_pool3d, _table_samples("max_pool3d", _MAX_TABLE[3]))
+avg_pool1d_backward, avg_pool1d_symbolic = _make_avg_pool(1, F.avg_pool1d, _table_samples("avg_pool1d", _AVG_TABLE[1]))
+avg_pool2d_backward, avg_pool2d_symbolic = _make_avg_pool(2, F.avg_pool2d, _table_samples("avg_pool2d", _AVG_TABLE[2]))
+avg_pool3d_backward, avg_pool3d_symbolic = _make_avg_pool(3, F.avg_pool3d, _table_samples("avg_pool3d", _AVG_TABLE[3]))

@@ -1,0 +1,116 @@
+"""Every rule of the registry, over every one of its samples, through ``check``.
+
+For a rule with forward f and a sample (args, kwargs), with a fixed seeded cotangent g:
+
+    loss(**tensors)   = sum(f(*args, **kwargs) * g)          # so dloss/darg = the rule's VJP with g
+    manual(**tensors) = rule.backward(g, *args, **kwargs)     # the explicit backward under test
+
+    results = sweep(["conv2d", "relu"], device="cpu", dtype=torch.float64, reference="both")
+    [(r.rule, r.sample, r.ok) for r in results]
+
+Each result is a ``SweepResult`` with fields ``rule`` (name), ``sample`` (the sample's name),
+``ok`` (bool), ``report`` (the ``compare.Report``, or None when the check could not run),
+``error`` (the one-line error when it could not run, else None) and ``seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from gradcheck_kit.compare import DEFAULT_FD_LIMIT, Report, check
+
+__all__ = ["SweepResult", "sweep", "sample_check"]
+
+
+@dataclass
+class SweepResult:
+    rule: str
+    sample: str
+    ok: bool
+    report: Report | None
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "sample": self.sample, "ok": self.ok, "error": self.error,
+                "seconds": self.seconds, "report": self.report.to_dict() if self.report is not None else None}
+
+
+def _loss_and_manual(rule, sample, seed: int):
+    """(loss, manual, inputs, wrt) turning one rule sample into a ``check`` problem."""
+    args, kwargs = tuple(sample.args), dict(sample.kwargs)
+    names = rule.tensor_args[: len(args)]
+    mask = rule.differentiable_mask(args)
+    inputs = {n: a for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
+    wrt = tuple(n for n, m in zip(names, mask) if m)
+
+    def call_args(tensors):
+        return [tensors.get(n, a) if isinstance(a, torch.Tensor) else a for n, a in zip(names, args)]
+
+    with torch.no_grad():
+        out = rule.forward(*args, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
+
+    def loss(**tensors):
+        # buffers a torch function updates in place (batch_norm's running stats) get a private copy
+        tensors = {n: (t if n in wrt else t.clone()) for n, t in tensors.items()}
+        return (rule.forward(*call_args(tensors), **kwargs) * g).sum()
+
+    def manual(**tensors):
+        tensors = {n: (t if n in wrt else t.clone()) for n, t in tensors.items()}
+        grads = rule.backward(g, *call_args(tensors), **kwargs)
+        return {n: gr for n, gr, m in zip(names, grads, mask) if m and gr is not None}
+
+    return loss, manual, inputs, wrt
+
+
+def sample_check(rule, sample, *, reference: str = "autograd", seed: int = 0, **options) -> Report:
+    """``check`` of one rule on one sample (see the module docstring)."""
+    loss, manual, inputs, wrt = _loss_and_manual(rule, sample, seed)
+    options.setdefault("allow_unused", True)  # e.g. norm(p=0): autograd has no path, the gradient is 0
+    return check(loss, inputs, manual, wrt=wrt, reference=reference, seed=seed, **options)
+
+
+def sweep(rule_names: Iterable[str] | None = None, *, device="cpu", dtype: torch.dtype = torch.float64,
+          reference: str = "autograd", progress: Callable | None = None, seed: int = 0,
+          fd_mode: str = "auto", fd_limit: int | None = DEFAULT_FD_LIMIT, samples: Callable | None = None,
+          raise_errors: bool = False) -> list[SweepResult]:
+    """``check`` every (rule, sample) of the registry; one ``SweepResult`` per pair, in name order.
+
+    ``rule_names``: rules to run (default: all).  ``progress(done, total, label)`` is called after
+    each check (label "rule[sample]").  ``samples(rule, list) -> list`` may filter the samples of a
+    rule.  An exception inside a check becomes ``ok=False`` with ``error`` set, unless
+    ``raise_errors``.
+    """
+    from gradcheck_kit import manual as registry
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    names = list(rule_names) if rule_names is not None else registry.names()
+    work = []
+    for name in names:
+        rule = registry.get(name)
+        ss = list(rule.samples(device, dtype))
+        if samples is not None:
+            ss = list(samples(rule, ss))
+        work += [(rule, s) for s in ss]
+    out = []
+    for i, (rule, s) in enumerate(work):
+        t0 = time.perf_counter()
+        try:
+            rep = sample_check(rule, s, reference=reference, seed=seed, fd_mode=fd_mode, fd_limit=fd_limit)
+            res = SweepResult(rule.name, s.name, rep.ok, rep)
+        except Exception as e:  # noqa: BLE001 - a sweep reports every failure and goes on
+            if raise_errors:
+                raise
+            res = SweepResult(rule.name, s.name, False, None, f"{type(e).__name__}: {e}")
+        res.seconds = time.perf_counter() - t0
+        out.append(res)
+        if progress is not None:
+            progress(i + 1, len(work), f"{rule.name}[{s.name}]")
+    return out

@@ -1,0 +1,156 @@
+"""batch_norm and layer_norm: cases beyond the generic registry test."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradcheck_kit import manual
+from gradcheck_kit.errors import InvalidParameterError
+from tests.manual._rulecheck import check_backward, check_double_backward
+
+f64 = torch.float64
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _bn_args(shape=(4, 3, 2), seed=0):
+    c = shape[1]
+    g = _gen(seed)
+    return (torch.randn(*shape, dtype=f64, generator=g), torch.randn(c, dtype=f64, generator=g),
+            torch.rand(c, dtype=f64, generator=g) + 0.5, torch.rand(c, dtype=f64, generator=g) + 0.5,
+            torch.randn(c, dtype=f64, generator=g))
+
+
+def test_batch_norm_backward_leaves_running_stats_untouched():
+    rule = manual.get("batch_norm")
+    x, rm, rv, w, b = _bn_args()
+    rm0, rv0 = rm.clone(), rv.clone()
+    rule.forward(x, rm.clone(), rv.clone(), w, b, training=True)  # torch's forward updates its copies
+    grads = rule.backward(torch.randn_like(x), x, rm, rv, w, b, training=True, momentum=0.9)
+    assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
+    assert grads[1] is None and grads[2] is None
+    # the momentum only moves the running statistics, never the gradient
+    again = rule.backward(torch.ones_like(x), x, rm, rv, w, b, training=True, momentum=0.0)
+    other = rule.backward(torch.ones_like(x), x, rm, rv, w, b, training=True, momentum=1.0)
+    for a, o in zip(again, other):
+        assert (a is None and o is None) or torch.equal(a, o)
+
+
+def test_batch_norm_training_ignores_the_running_stats_values():
+    rule = manual.get("batch_norm")
+    x, rm, rv, w, b = _bn_args()
+    g = torch.randn_like(x, )
+    ref = rule.backward(g, x, rm, rv, w, b, training=True)
+    none = rule.backward(g, x, None, None, w, b, training=True)
+    for a, n in zip(ref, none):
+        assert (a is None and n is None) or torch.equal(a, n)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_bias_without_weight(training):
+    # torch's own double backward fails for bias-without-weight, so the second derivatives
+    # are compared with torch on weight = ones, which computes the same function.
+    rule = manual.get("batch_norm")
+    x, rm, rv, _, b = _bn_args((2, 3, 2, 2))
+    kw = {"training": training}
+    check_backward(rule, (x, rm, rv, None, b), kw)
+    _second_matches_weight_ones(rule, (x, rm, rv, None, b), kw, weight_index=3, c=3)
+
+
+def test_layer_norm_bias_without_weight():
+    rule = manual.get("layer_norm")
+    x = torch.randn(2, 3, 4, dtype=f64, generator=_gen())
+    b = torch.randn(3, 4, dtype=f64, generator=_gen(1))
+    kw = {"normalized_shape": (3, 4)}
+    check_backward(rule, (x, None, b), kw)
+    _second_matches_weight_ones(rule, (x, None, b), kw, weight_index=1, c=(3, 4))
+
+
+def _second_matches_weight_ones(rule, args, kw, *, weight_index, c):
+    ones = torch.ones(c, dtype=f64)
+    diff = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and rule.tensor_args[i] not in
+            rule.nondifferentiable]
+    gen = _gen(3)
+    out = rule.forward(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args], **kw)
+    g0 = torch.randn(out.shape, dtype=f64, generator=gen)
+    vs = {i: torch.randn(args[i].shape, dtype=f64, generator=gen) for i in diff}
+
+    def second(grads_of):
+        a = [t.clone().requires_grad_(i in diff) if isinstance(t, torch.Tensor) else t for i, t in enumerate(args)]
+        g = g0.clone().requires_grad_(True)
+        grads = grads_of(g, a)
+        s = sum((grads[i] * vs[i]).sum() for i in diff)
+        return torch.autograd.grad(s, [a[i] for i in diff] + [g], allow_unused=True)
+
+    def auto(g, a):
+        full = list(a)
+        full[weight_index] = ones
+        out = rule.torch_fn(*full, **kw)
+        gs = torch.autograd.grad(out, [a[i] for i in diff], g, create_graph=True)
+        return dict(zip(diff, gs))
+
+    def mine(g, a):
+        return dict(enumerate(rule.backward(g, *a, **kw)))
+
+    for r, m in zip(second(auto), second(mine)):
+        if r is None:
+            assert m is None or not m.ne(0).any()
+        else:
+            torch.testing.assert_close(m, r, rtol=1e-9, atol=1e-10)
+
+
+def test_layer_norm_torch_fn_is_a_thin_wrapper_of_F_layer_norm():
+    rule = manual.get("layer_norm")
+    assert rule.torch_fn.__name__ == "layer_norm" and rule.torch_fn.mirrors is F.layer_norm
+    x = torch.randn(2, 3, 4, dtype=f64, generator=_gen())
+    w, b = torch.rand(4, dtype=f64) + 0.5, torch.randn(4, dtype=f64)
+    torch.testing.assert_close(rule.forward(x, w, b, normalized_shape=(4,), eps=1e-3),
+                               F.layer_norm(x, (4,), w, b, 1e-3), rtol=0, atol=0)
+
+
+def test_batch_norm_torch_fn_takes_the_tensors_positionally():
+    rule = manual.get("batch_norm")
+    assert rule.torch_fn is F.batch_norm
+    x, rm, rv, w, b = _bn_args()
+    torch.testing.assert_close(rule.forward(x, rm, rv, w, b), F.batch_norm(x, rm, rv, w, b))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: manual.get("batch_norm").backward(torch.ones(1, 3), torch.ones(1, 3), None, None, training=True),
+     "more than 1 value per channel"),
+    (lambda: manual.get("batch_norm").backward(torch.ones(2, 3), torch.ones(2, 3), None, None),
+     "running_mean and running_var"),
+    (lambda: manual.get("batch_norm").backward(torch.ones(2, 3), torch.ones(2, 3), torch.zeros(3), torch.ones(3),
+                                               torch.ones(4)),
+     "weight"),
+    (lambda: manual.get("layer_norm").backward(torch.ones(2, 3), torch.ones(2, 3), normalized_shape=(2,)),
+     "normalized_shape"),
+    (lambda: manual.get("layer_norm").backward(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2),
+                                               normalized_shape=(3,)),
+     "weight"),
+])
+def test_bad_input_names_the_parameter(call, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("name,sample", [("batch_norm", "batch_norm[train,weight_only]"),
+                                         ("batch_norm", "batch_norm[eval,2d]"),
+                                         ("layer_norm", "layer_norm[unbatched]")])
+def test_symbolic_forward_agrees_exactly(name, sample):
+    derive = pytest.importorskip("gradcheck_kit.derive")
+    (res,) = derive.verify(name, sample)
+    assert res.ok and not res.skipped, str(res)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["batch_norm", "layer_norm"])
+def test_cuda_normalization_matches_autograd(name):
+    rule = manual.get(name)
+    for dtype in (torch.float32, f64):
+        for s in rule.samples(device="cuda", dtype=dtype):
+            check_backward(rule, s.args, s.kwargs)
+            if dtype == f64:
+                check_double_backward(rule, s.args, s.kwargs)

@@ -1,0 +1,70 @@
+"""Every rule of the registry passes ``check`` against both references on its samples.
+
+Autograd on every sample; float64 finite differences on every sample too, element by element up
+to ``FD_LIMIT`` loss evaluations per sample and by random projections above it (keeps this file
+at a few seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradcheck_kit import manual
+from gradcheck_kit.manual.registry import Rule
+from gradcheck_kit.sweep import SweepResult, sample_check, sweep
+
+FD_LIMIT = 300
+
+
+def _describe(res: SweepResult) -> str:
+    if res.error:
+        return f"{res.rule} {res.sample}: {res.error}"
+    bad = [r for r in res.report.results if not r.ok]
+    return f"{res.rule} {res.sample}: " + "; ".join(
+        f"{r.name} vs {r.reference}: max abs err {r.max_abs_err:.3g} at {r.worst_index} "
+        f"(manual {r.manual_value}, reference {r.reference_value}) {r.hint or ''}" for r in bad)
+
+
+@pytest.mark.parametrize("name", manual.names())
+def test_rule_passes_autograd_and_finite_differences(name):
+    results = sweep([name], reference="both", fd_limit=FD_LIMIT)
+    assert results, f"rule {name!r} has no samples"
+    failures = [_describe(r) for r in results if not r.ok]
+    assert not failures, "\n".join(failures)
+    for r in results:
+        refs = {x.reference for x in r.report.results}
+        assert refs == {"autograd", "finite-difference"}, refs
+
+
+def test_float32_sweep_against_autograd():
+    results = sweep(["conv2d", "relu", "max_pool2d", "cross_entropy"], dtype=torch.float32)
+    failures = [_describe(r) for r in results if not r.ok]
+    assert not failures, "\n".join(failures)
+    assert {x.dtype for r in results for x in r.report.results} == {"float32"}
+
+
+def test_sweep_result_fields_and_progress():
+    seen = []
+    results = sweep(["relu"], progress=lambda done, total, label: seen.append((done, total, label)))
+    assert [s[0] for s in seen] == list(range(1, len(results) + 1))
+    assert all(s[1] == len(results) for s in seen) and seen[0][2].startswith("relu[")
+    r = results[0]
+    assert (r.rule, r.ok, r.error) == ("relu", True, None) and r.report is not None and r.sample
+    assert r.to_dict()["report"]["ok"] is True
+
+
+def test_a_wrong_rule_is_caught_with_its_sample():
+    relu = manual.get("relu")
+
+    def wrong_backward(grad_output, input, *, needs_input_grad, inplace=False):
+        return (grad_output * (input >= 0),)  # relu'(0) = 1: not torch's convention
+
+    broken = Rule(name="relu_wrong", torch_fn=relu.torch_fn, tensor_args=relu.tensor_args,
+                  backward_impl=wrong_backward, sample_fn=relu.sample_fn)
+    zero = next(s for s in broken.samples() if bool((s.args[0] == 0).any()))
+    rep = sample_check(broken, zero)
+    assert not rep.ok
+    r = rep.results[0]
+    assert float(zero.args[0][r.worst_index]) == 0.0
+    assert "mismatch only where the reference gradient is 0" in r.hint or "single element" in r.hint
