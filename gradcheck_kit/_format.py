@@ -135,9 +135,10 @@ def inputs_json(report: Any) -> list[dict]:
 
 def report_table(report: Any, title: str | None = None):
     """A rich ``Table``: input, shape, max abs err, max rel err, worst index, verdict, hint."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+    table = Table(title=escape(title) if title else None, title_justify="left", show_lines=False, expand=False)
     table.add_column("input", style="bold")
     table.add_column("shape")
     table.add_column("max abs err", justify="right")
@@ -154,9 +155,9 @@ def report_table(report: Any, title: str | None = None):
             mism, numel = field(r, "mismatched"), field(r, "projections") or field(r, "numel")
             if mism is not None and numel:
                 verdict += f" {int(mism)}/{int(numel)}"
-        table.add_row(_label(r, several), fmt_shape(field(r, "shape")), fmt_float(field(r, "max_abs_err")),
+        table.add_row(escape(_label(r, several)), fmt_shape(field(r, "shape")), fmt_float(field(r, "max_abs_err")),
                       fmt_float(field(r, "max_rel_err")), fmt_index(field(r, "worst_index")),
-                      verdict, field(r, "hint") or "")
+                      verdict, escape(field(r, "hint") or ""))
     return table
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -124,7 +125,13 @@ class Result:
 
 @dataclass
 class Report:
-    """Everything ``check`` found; ``ok`` is True when every result is."""
+    """Everything ``check`` found; ``ok`` is True when every result is.
+
+    ``results`` holds one ``Result`` per checked input, device and reference (two per input with
+    ``reference="both"``), plus order-2 results (Hessian-vector products) with ``double_backward``.
+    ``summed``/``loss_shape`` say whether the loss was non-scalar and summed; ``notes`` are extra
+    lines (summation, nondeterminism).
+    """
 
     results: list = field(default_factory=list)
     summed: bool = False              # the loss returned a non-scalar tensor and it was summed
@@ -331,19 +338,20 @@ class _Runner:
 
     @contextlib.contextmanager
     def seeded(self, kwargs: dict):
-        gens = [torch.default_generator]
-        for t in kwargs.values():
-            if isinstance(t, torch.Tensor) and t.device.type == "cuda":
-                gens.append(torch.cuda.default_generators[t.device.index or 0])
-                break
-        states = [g.get_state() for g in gens]
-        for g in gens:
-            g.manual_seed(self.seed)
+        cuda = sorted({t.device.index or 0 for t in kwargs.values()
+                       if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+        cpu_state = torch.default_generator.get_state()
+        cuda_states = [torch.cuda.get_rng_state(i) for i in cuda]
+        torch.default_generator.manual_seed(self.seed)
+        for i in cuda:
+            with torch.cuda.device(i):
+                torch.cuda.manual_seed(self.seed)
         try:
             yield
         finally:
-            for g, st in zip(gens, states):
-                g.set_state(st)
+            torch.default_generator.set_state(cpu_state)
+            for i, st in zip(cuda, cuda_states):
+                torch.cuda.set_rng_state(st, i)
 
     def __call__(self, fn, kwargs: dict, who: str):
         before = {n: t._version for n, t in kwargs.items() if isinstance(t, torch.Tensor)}
@@ -552,7 +560,7 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
           reference: str = "autograd", device=None, dtype=None, atol: float | None = None,
           rtol: float | None = None, double_backward: bool = False, seed: int = 0,
           fd_mode: str = "auto", fd_limit: int | None = DEFAULT_FD_LIMIT, fd_eps: float = 1e-6,
-          fd_projections: int = 4, repeat: int | None = None, diagnose: bool = True,
+          fd_projections: int = 4, fd_seconds: float = 10.0, repeat: int | None = None, diagnose: bool = True,
           allow_unused: bool = False) -> Report:
     """Compare ``manual``'s gradients of ``loss`` (or autograd's, with no ``manual``) with a reference.
 
@@ -563,9 +571,9 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     override the per-dtype tolerances (atol is then absolute).
 
     Beyond the contract (keyword-only): ``fd_mode`` "auto" (full central differences up to
-    ``fd_limit`` loss evaluations per input, random projections above), "full" (refuses above
-    ``fd_limit``; ``fd_limit=None`` forces it) or "fast"; ``fd_eps`` the step; ``fd_projections``
-    the number of random directions; ``repeat`` how often the subject's backward runs (default 2 on
+    ``fd_limit`` loss evaluations in all and about ``fd_seconds`` of them, random projections
+    above), "full" (refuses above ``fd_limit``; ``fd_limit=None`` forces it) or "fast"; ``fd_eps``
+    the step; ``fd_projections`` the number of random directions; ``repeat`` how often the subject's backward runs (default 2 on
     CUDA, to measure nondeterminism, else 1); ``diagnose=False`` skips the hints; ``allow_unused=True``
     takes an input the loss does not reach (autograd has no path from it) as having gradient 0
     instead of raising.
@@ -581,7 +589,7 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     report = Report(reference=reference, double_backward=double_backward, seed=seed)
     opts = dict(loss=loss, inputs=inputs, manual=manual, wrt=wrt, refs=refs, dtype=dtype, atol=atol, rtol=rtol,
                 double_backward=double_backward, seed=seed, fd_mode=fd_mode, fd_limit=fd_limit, fd_eps=fd_eps,
-                fd_projections=fd_projections, repeat=repeat, diagnose=diagnose, allow_unused=allow_unused)
+                fd_projections=fd_projections, fd_seconds=fd_seconds, repeat=repeat, diagnose=diagnose, allow_unused=allow_unused)
     for dev in devices:
         _Device(report, dev, **opts).run()
     if report.summed:
@@ -603,11 +611,12 @@ class _Device:
     """One device's run of ``check``."""
 
     def __init__(self, report: Report, dev, *, loss, inputs, manual, wrt, refs, dtype, atol, rtol, double_backward,
-                 seed, fd_mode, fd_limit, fd_eps, fd_projections, repeat, diagnose, allow_unused):
+                 seed, fd_mode, fd_limit, fd_eps, fd_projections, fd_seconds, repeat, diagnose, allow_unused):
         self.report, self.loss, self.inputs, self.manual = report, loss, inputs, manual
         self.wrt, self.refs, self.dtype, self.user_atol, self.user_rtol = wrt, refs, dtype, atol, rtol
         self.double_backward, self.seed = double_backward, seed
         self.fd_mode, self.fd_limit, self.fd_eps, self.fd_projections = fd_mode, fd_limit, fd_eps, fd_projections
+        self.fd_seconds = fd_seconds
         self.diagnose, self.allow_unused = diagnose, allow_unused
         self.run_fn = _Runner(seed)
         self.work = {n: _copy(t, dev, dtype) for n, t in inputs.items()}
@@ -668,7 +677,6 @@ class _Device:
 
         # -- references ----------------------------------------------------------------------------------
         results = []
-        sub_dtype = next(iter(subject.values())).dtype
         for kind in self.refs:
             if kind == "autograd":
                 results += self._vs_autograd(subject, subject_kind, nondet, hv_subject)
@@ -683,7 +691,6 @@ class _Device:
                              f"{_fmt(max(nondet.values()))}); reported as 'nondeterminism', separate from the error")
         # Finally: nothing the user passed was changed.
         self._check_untouched()
-        del sub_dtype
 
     # -- references ----------------------------------------------------------------------------------------
     def _ref_inputs(self):
@@ -697,17 +704,15 @@ class _Device:
         tensors, label = self._ref_inputs()
         wrt = self.wrt_names
         if subject_kind == "autograd" and tensors is self.work:
-            ref = subject  # autograd compared with itself: only meaningful on another device/dtype
-            leaves = None
-        else:
-            with _no_tf32():
-                ref, leaves = _autograd(self.run_fn, self.loss, tensors, wrt, self.info,
-                                        create_graph=self.double_backward, allow_unused=self.allow_unused)
+            return []  # autograd against itself on the same device and dtype says nothing
+        with _no_tf32():
+            ref, leaves = _autograd(self.run_fn, self.loss, tensors, wrt, self.info,
+                                    create_graph=self.double_backward, allow_unused=self.allow_unused)
         for n in wrt:
             _check_finite(ref[n].detach(), n, "reference (autograd)")
         refs = {n: ref[n].detach() for n in wrt}
         out = self._results(subject, refs, "autograd", label, subject_kind, nondet, tensors)
-        if self.double_backward and leaves is not None:
+        if self.double_backward:
             hv_ref = self._hvp_of(ref, leaves, wrt)
             out += self._hvp_results(hv_subject, hv_ref, label, subject_kind)
         return out
@@ -753,14 +758,16 @@ class _Device:
                    for n, t in self.ref64().items()}
         ev = _fd.Evaluator(self.loss, tensors, lambda fn, kw: self.run_fn(fn, kw, "loss"))
         with torch.no_grad():
+            t0 = time.perf_counter()
             out0 = _loss_out(self.run_fn(self.loss, tensors, "loss"), self.info)
+            t_eval = time.perf_counter() - t0
         f0 = float(out0.double())
         if not math.isfinite(f0):
             raise NonFiniteReferenceError(f"the loss itself is {f0} at the given inputs, so finite differences "
                                           f"cannot be taken.")
         h = self.fd_eps
         gen = torch.Generator().manual_seed(self.seed)
-        modes = self._fd_modes()
+        modes = self._fd_modes(t_eval)
         out = []
         pending_full = {}
         for n in self.wrt_names:
@@ -803,10 +810,24 @@ class _Device:
             atol, rtol = self._tol(subject[n].dtype, scales[n], "fd")
             start = ev.count
             projs = _fd.projections(ev, n, f0, h, m, self.fd_projections, gen, atol, rtol)
+            unverified = 0
             for p in projs:
                 if not (math.isfinite(p.central)):
                     raise NonFiniteReferenceError(f"the finite-difference reference for {n!r} is {p.central} "
                                                   f"along a random direction (the loss overflows near this point).")
+                if p.kink:  # check each one-sided difference against the gradient just off the kink
+                    errs = []
+                    for side, d in ((1.0, p.dp), (-1.0, p.dm)):
+                        g = self._subject_at(n, tensors, side * 0.5 * h * p.u)
+                        if g is None:
+                            break
+                        errs.append(abs(float((g * p.u).sum()) - d))
+                    if len(errs) == 2:
+                        p.shifted_err = max(errs)
+                    else:
+                        p.shifted_err = 0.0
+                        unverified += 1
+                p.u = None
             fails = [p for p in projs if p.err > p.tol]
             worst = max(projs, key=lambda p: p.err / max(p.tol, 1e-300))
             res = Result(name=n, device=str(self.dev), dtype=str(subject[n].dtype).replace("torch.", ""),
@@ -817,7 +838,10 @@ class _Device:
                          mismatched=len(fails), numel=m.numel(), atol=atol, rtol=rtol, reference="finite-difference",
                          subject=subject_kind, fd_mode="fast", projections=len(projs),
                          kinks=sum(p.kink for p in projs), nondeterminism=nondet.get(n),
-                         note="fast mode: values are projections u . grad on random unit directions u")
+                         note="fast mode: values are projections u . grad on random unit directions u"
+                         + (f"; {sum(p.kink for p in projs)} projection(s) crossed a kink and were checked just off "
+                            f"it, one side at a time" if any(p.kink for p in projs) else "")
+                         + (f" ({unverified} could not be: the gradient failed off the kink)" if unverified else ""))
             if fails and m.numel() > 1:
                 flat, mv, central, width = _fd.localise(ev, n, f0, h, m, gen, atol, rtol)
                 res.worst_index = _fd.unravel(flat, m.shape)
@@ -833,8 +857,25 @@ class _Device:
             out += self._hvp_fd(hv_subject, tensors)
         return out
 
-    def _fd_modes(self) -> dict:
+    def _subject_at(self, name, tensors, delta):
+        """The subject's gradient of ``name`` (float64, CPU) with ``tensors[name] + delta``; None if it fails."""
+        shifted = dict(tensors)
+        shifted[name] = tensors[name] + delta
+        try:
+            if self.manual is not None:
+                g = self.run_fn(self.manual, shifted, "manual").get(name)
+            else:
+                g = _autograd(self.run_fn, self.loss, shifted, self.wrt_names, {}, allow_unused=True)[0][name]
+        except GradcheckKitError:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. a manual that only runs in its own dtype
+            return None
+        return None if g is None else g.detach().to("cpu", torch.float64)
+
+    def _fd_modes(self, t_eval: float) -> dict:
+        """Per input: "full" while within fd_limit evaluations (and, in auto mode, about fd_seconds), else "fast"."""
         modes, budget = {}, self.fd_limit
+        seconds = self.fd_seconds
         for n in self.wrt_names:
             need = _fd.estimate_evaluations(self.work[n].numel())
             if self.fd_mode == "fast":
@@ -848,10 +889,12 @@ class _Device:
                 modes[n] = "full"
                 budget = None if budget is None else budget - need
             else:
-                fits = budget is None or need <= budget
+                fits = (budget is None or need <= budget) and (seconds is None or need * t_eval <= seconds)
                 modes[n] = "full" if fits else "fast"
                 if fits and budget is not None:
                     budget -= need
+                if fits and seconds is not None:
+                    seconds -= need * t_eval
         return modes
 
     # -- second derivatives ----------------------------------------------------------------------------

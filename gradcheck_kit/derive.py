@@ -124,12 +124,13 @@ def _terms(expr: sympy.Basic) -> tuple:
 
 def _diff_term(t: sympy.Basic, s: sympy.Symbol) -> sympy.Basic:
     """``d t / d s`` for one term of a sum; a product with ``s`` as a plain factor drops it."""
-    if t is s:
+    # symbols compare with ==: sympy's cache may hand back an equal, not identical, object
+    if t == s:
         return sympy.S.One
     if t.is_Mul:
         holders = [a for a in t.args if s in a.free_symbols]
-        if len(holders) == 1 and holders[0] is s:
-            return sympy.Mul(*[a for a in t.args if a is not s])
+        if len(holders) == 1 and holders[0] == s:
+            return sympy.Mul(*[a for a in t.args if a != s])
     return t.diff(s)
 
 
@@ -231,6 +232,20 @@ def _resolve_wrt(wrt, arrays, symbolic_names, where) -> tuple:
     return names
 
 
+def _check_required(rule, inputs) -> None:
+    """Tensor arguments without a default in the rule's signature must be given."""
+    import inspect
+
+    try:
+        sig = inspect.signature(rule.backward_impl)
+    except (TypeError, ValueError):
+        return
+    for name in rule.tensor_args:
+        p = sig.parameters.get(name)
+        if p is not None and p.default is inspect.Parameter.empty and inputs.get(name) is None:
+            raise InvalidInputError(f"{rule.name} needs input {name!r} (a shape tuple or a tensor)")
+
+
 def derivation(rule_name, inputs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
                wrt: str | Sequence[str] | None = None) -> Derivation:
     """Run ``rule_name``'s symbolic forward on ``inputs`` (shape tuples -> symbols, tensors -> rationals)."""
@@ -241,6 +256,7 @@ def derivation(rule_name, inputs: Mapping[str, Any], params: Mapping[str, Any] |
     if unknown:
         raise InvalidParameterError(f"{rule.name} has no tensor argument {unknown[0]!r} "
                                     f"(arguments: {', '.join(rule.tensor_args)})")
+    _check_required(rule, inputs)
     arrays, symbolic_names = {}, []
     for name in rule.tensor_args:
         arr, is_sym = _array_of(name, inputs.get(name))
@@ -368,15 +384,26 @@ def _value(expr) -> Fraction | None:
     return Fraction(int(r.p), int(r.q))
 
 
+_REL = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
 class _Point:
-    """Exact evaluation at a rational point: Add/Mul/integer Pow in ``Fraction`` arithmetic, the
-    rest (Piecewise, exp, log, ...) by sympy substitution (``xreplace``, never ``simplify``)."""
+    """Exact evaluation at a rational point, memoised over common subexpressions.
+
+    Add, Mul, integer Pow, relations and Piecewise are evaluated in ``Fraction``
+    arithmetic; any other node (exp, log, sqrt, erf, ...) is rebuilt from its evaluated
+    arguments and evaluated by sympy to 40 digits.  Nothing is simplified.
+    """
 
     def __init__(self, values: dict):
         self.sym = values                                    # Symbol -> sympy Rational
         self.frac = {k: Fraction(int(v.p), int(v.q)) for k, v in values.items()}
+        self.memo: dict = {}
+        self.dmemo: dict = {}
+        self.fs: dict = {}
 
-    def __call__(self, e) -> Fraction | None:
+    def __call__(self, e):
         if e.is_Symbol:
             v = self.frac.get(e)
             if v is None:
@@ -384,41 +411,181 @@ class _Point:
             return v
         if e.is_Rational:
             return Fraction(int(e.p), int(e.q))
+        try:
+            return self.memo[e]
+        except KeyError:
+            pass
+        v = self._eval(e)
+        self.memo[e] = v
+        return v
+
+    def _eval(self, e):
         if e.is_Add or e.is_Mul:
-            vals = [self(a) for a in e.args]
-            if any(v is None for v in vals):
-                return None
-            acc = vals[0]
-            if e.is_Add:
-                for v in vals[1:]:
-                    acc += v
-            else:
-                for v in vals[1:]:
-                    acc *= v
+            acc = None
+            for a in e.args:
+                v = self(a)
+                if v is None:
+                    return None
+                acc = v if acc is None else (acc + v if e.is_Add else acc * v)
             return acc
         if e.is_Pow and e.exp.is_Integer:
             b = self(e.base)
             if b is None or (b == 0 and e.exp < 0):
                 return None
             return b ** int(e.exp)
+        if e.is_Piecewise:
+            for expr, cond in e.args:
+                c = self.truth(cond)
+                if c is None:
+                    return None
+                if c:
+                    return self(expr)
+            return None  # no branch holds: undefined
+        if e.is_Float:
+            r = sympy.Rational(e)
+            return Fraction(int(r.p), int(r.q))
+        if (e.is_Function or e.is_Pow) and e.args:
+            vals = [self(a) for a in e.args]
+            if any(v is None for v in vals):
+                return None
+            return _value(e.func(*[_rat(v) for v in vals]))
         return _value(e.xreplace(self.sym) if e.free_symbols else e)
 
-    def diff_term(self, t, s) -> Fraction | None:
-        """``d t / d s`` at the point, for one term ``t`` of a sum."""
-        if t is s:
-            return Fraction(1)
-        if t.is_Mul:
-            holders = [a for a in t.args if s in a.free_symbols]
-            if len(holders) == 1 and holders[0] is s:  # d(s * rest)/ds = rest
-                acc = Fraction(1)
-                for a in t.args:
-                    if a is not s:
-                        v = self(a)
+    def truth(self, c) -> bool | None:
+        if c is sympy.true or c is True:
+            return True
+        if c is sympy.false or c is False:
+            return False
+        if c.is_Relational:
+            a, b = self(c.lhs), self(c.rhs)
+            if a is None or b is None:
+                return None
+            return _REL[c.rel_op](a, b)
+        if isinstance(c, (sympy.And, sympy.Or)):
+            vals = [self.truth(a) for a in c.args]
+            if any(v is None for v in vals):
+                return None
+            return all(vals) if isinstance(c, sympy.And) else any(vals)
+        if isinstance(c, sympy.Not):
+            v = self.truth(c.args[0])
+            return None if v is None else not v
+        v = c.xreplace(self.sym)
+        if v in (sympy.true, sympy.false):
+            return bool(v)
+        return None
+
+    def free(self, e) -> frozenset:
+        """``e.free_symbols``, cached (sympy recomputes it on every call)."""
+        if e.is_Atom:
+            return frozenset((e,)) if e.is_Symbol else frozenset()
+        f = self.fs.get(e)
+        if f is None:
+            f = frozenset().union(*[self.free(a) for a in e.args])
+            self.fs[e] = f
+        return f
+
+    def d(self, e, s):
+        """``d e / d s`` at the point: sympy's differentiation rules applied to the expression tree,
+        evaluated exactly as they go (no derivative tree is built; ``fdiff`` gives each function's
+        derivative).  Node types without a rule here go through ``e.diff(s)``."""
+        if e.is_Symbol:  # ==, not is: sympy's cache may hold an equal, distinct Symbol object
+            return Fraction(1) if e == s else Fraction(0)
+        if e.is_Atom or s not in self.free(e):
+            return Fraction(0)
+        key = (e, s)
+        try:
+            return self.dmemo[key]
+        except KeyError:
+            pass
+        v = self._d(e, s)
+        self.dmemo[key] = v
+        return v
+
+    def _d(self, e, s):
+        if e.is_Add:
+            acc = Fraction(0)
+            for a in e.args:
+                if s in self.free(a):
+                    v = self.d(a, s)
+                    if v is None:
+                        return None
+                    acc += v
+            return acc
+        if e.is_Mul:  # product rule: sum_i a_i' prod_{j != i} a_j
+            vals = [self(a) for a in e.args]
+            acc = Fraction(0)
+            for i, a in enumerate(e.args):
+                if s not in self.free(a):
+                    continue
+                da = self.d(a, s)
+                if da is None:
+                    return None
+                if da == 0:
+                    continue
+                term = da
+                for j, v in enumerate(vals):
+                    if j != i:
                         if v is None:
                             return None
-                        acc *= v
-                return acc
-        return self(t.diff(s))
+                        term *= v
+                acc += term
+            return acc
+        if e.is_Pow:
+            b, x = e.args
+            if s not in self.free(x):  # d b^x = x b^(x - 1) b'
+                db, bv, xv = self.d(b, s), self(b), self(x)
+                if db is None or bv is None or xv is None:
+                    return None
+                if db == 0:
+                    return Fraction(0)
+                if x.is_Integer:
+                    k = int(x)
+                    if bv == 0 and k - 1 < 0:
+                        return None
+                    return k * bv ** (k - 1) * db
+                p = _value(sympy.Pow(_rat(bv), _rat(xv - 1)))
+                return None if p is None else xv * p * db
+            return self(e.diff(s))
+        if e.is_Piecewise:
+            # sympy's d/ds Piecewise((e_k, c_k), ...) = Piecewise((d e_k/ds, c_k), ...): at the
+            # point, the derivative of the first branch whose condition holds.
+            for expr, cond in e.args:
+                c = self.truth(cond)
+                if c is None:
+                    return None
+                if c:
+                    return self.d(expr, s)
+            return None
+        if e.is_Function and e.args:
+            acc = Fraction(0)
+            for i, a in enumerate(e.args):
+                if s not in self.free(a):
+                    continue
+                da = self.d(a, s)
+                if da is None:
+                    return None
+                if da == 0:
+                    continue
+                try:
+                    f = e.fdiff(i + 1)
+                except Exception:
+                    return self(e.diff(s))
+                if f.has(sympy.Derivative):
+                    return self(e.diff(s))
+                fv = self(f)
+                if fv is None:
+                    return None
+                acc += fv * da
+            return acc
+        return self(e.diff(s))
+
+    def diff_term(self, t, s):
+        """``d t / d s`` at the point, for one term ``t`` of a sum."""
+        return self.d(t, s)
+
+
+def _rat(v: Fraction) -> sympy.Rational:
+    return sympy.Rational(v.numerator, v.denominator)
 
 
 def _cotangent(shape, seed: int):

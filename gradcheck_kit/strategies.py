@@ -54,6 +54,7 @@ class TensorSpec:
     low: float = 0.0
     high: float = 1.0
     dim: int = 1
+    values: tuple = ()  # kind "classes": these integers, row-major
 
     def make(self, mk: Maker) -> torch.Tensor:
         t = self._make(mk, self.shape or (1,))  # Maker wants at least one dim
@@ -72,6 +73,8 @@ class TensorSpec:
             return mk.integers(*s, low=int(self.low), high=int(self.high))
         if self.kind == "randint":
             return mk.randint(int(self.high), *s, low=int(self.low))
+        if self.kind == "classes":
+            return torch.tensor(self.values, dtype=torch.long, device=mk.device).reshape(s)
         raise ValueError(f"unknown tensor kind {self.kind!r}")
 
     def __repr__(self) -> str:
@@ -133,7 +136,7 @@ def _batch():
 
 # -- convolution --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ConvConfig(RuleCall):
     """A valid ``conv{dim}d`` / ``conv_transpose{dim}d`` call (``batch=None``: unbatched input)."""
 
@@ -254,7 +257,7 @@ def conv_configs(draw, dim: int = 2, transposed: bool = False, *, max_size: int 
 
 # -- pooling ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PoolConfig(RuleCall):
     """A valid ``max_pool{dim}d`` / ``avg_pool{dim}d`` call."""
 
@@ -273,6 +276,14 @@ def _pool_out(L: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
     return out
 
 
+def _windows_touch_input(L: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> bool:
+    """Every pooling window holds at least one input element (not only padding)."""
+    for o in range(_pool_out(L, k, s, p, d, ceil_mode)):
+        if not any(0 <= o * s - p + j * d < L for j in range(k)):
+            return False
+    return True
+
+
 @st.composite
 def pool_configs(draw, dim: int = 2, kind: str = "max", *, ties: bool | None = None) -> PoolConfig:
     """Valid pooling calls: kernel, stride (or None = kernel), padding <= kernel / 2,
@@ -288,14 +299,22 @@ def pool_configs(draw, dim: int = 2, kind: str = "max", *, ties: bool | None = N
     dil = tuple(draw(st.integers(1, 2)) for _ in range(dim)) if kind == "max" else (1,) * dim
     stride_none = draw(st.booleans())
     stride = kernel if stride_none else tuple(draw(st.integers(1, 3)) for _ in range(dim))
-    pad = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    pad = list(draw(st.integers(0, k // 2)) for k in kernel)
     ceil_mode = draw(st.booleans())
     size = []
-    for k, s, p, d in zip(kernel, stride, pad, dil):
+    for i, (k, s, d) in enumerate(zip(kernel, stride, dil)):
         lo = k if (kind == "avg" and dim == 3) else 1  # avg_pool3d wants the unpadded input >= kernel
-        while _pool_out(lo, k, s, p, d, ceil_mode) < 1:
+        while _pool_out(lo, k, s, pad[i], d, ceil_mode) < 1:
             lo += 1
-        size.append(draw(st.integers(lo, max(lo, max_size))))
+        L = draw(st.integers(lo, max(lo, max_size)))
+        # a dilated window that sees only padding: torch's max_pool outputs -inf there and its
+        # backward writes out of bounds (the process aborts), so such calls are not valid
+        while not _windows_touch_input(L, k, s, pad[i], d, ceil_mode) and L < max_size + 8:
+            L += 1
+        if not _windows_touch_input(L, k, s, pad[i], d, ceil_mode):
+            pad[i], L = 0, max(L, d * (k - 1) + 1)  # unpadded windows always start inside the input
+        size.append(L)
+    pad = tuple(pad)
     out = tuple(_pool_out(L, k, s, p, d, ceil_mode) for L, k, s, p, d in zip(size, kernel, stride, pad, dil))
     batch = draw(_batch())
     channels = draw(st.integers(1, 2))
@@ -471,9 +490,14 @@ def loss_calls(draw, rule: str) -> RuleCall:
         if probs:
             target = TensorSpec(inp, "probs", dim=0 if batch is None else 1)
         else:
-            target = TensorSpec(tshape, "randint", low=0, high=C)
+            n = math.prod(tshape)
+            classes = draw(st.lists(st.integers(0, C - 1), min_size=n, max_size=n))
             if draw(st.booleans()):
-                kwargs["ignore_index"] = draw(st.integers(0, C - 1))
+                ignore = draw(st.integers(0, C - 1))
+                if reduction == "mean" and all(c == ignore for c in classes):
+                    classes[0] = (ignore + 1) % C  # every target ignored: torch's mean is 0/0 = nan
+                kwargs["ignore_index"] = ignore
+            target = TensorSpec(tshape, "classes", values=tuple(classes))
         if rule == "cross_entropy" and draw(st.booleans()):
             kwargs["label_smoothing"] = draw(st.sampled_from((0.1, 0.3)))
         tensors = (TensorSpec(inp), target, weight)

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -314,16 +313,16 @@ def test_help_and_version_in_process(capsys):
 
 
 def test_help_does_not_import_torch_and_is_fast():
+    """The kit's own share of ``gradcheck-kit --help`` (import + parse) stays far under 0.3 s;
+    the interpreter's start-up is not counted (it varies with the machine's load)."""
     code = ("import sys, time; t = time.perf_counter(); from gradcheck_kit.cli import main\n"
             "for argv in (['--help'], ['--version'], ['check', '--help']):\n"
             "    assert main(argv) == 0\n"
             "heavy = [m for m in ('torch', 'rich', 'numpy', 'sympy') if m in sys.modules]\n"
-            "print('HEAVY', heavy, time.perf_counter() - t, file=sys.stderr)")
+            "print('HEAVY', heavy, 'SECONDS', time.perf_counter() - t, file=sys.stderr)")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr, proc.stderr
-    # interpreter start included; the budget is 0.3 s on an idle machine, 2 s leaves room for a busy CI
-    assert wall < 2.0, f"gradcheck-kit --help took {wall:.2f} s"
+    seconds = float(proc.stderr.split("SECONDS")[1])
+    assert seconds < 0.3, f"importing gradcheck_kit.cli and printing --help took {seconds:.2f} s"

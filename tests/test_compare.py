@@ -422,3 +422,27 @@ def test_cuda_nondeterministic_backward_is_reported_separately():
         return torch.zeros(8, device=x.device, dtype=x.dtype).index_add(0, idx, x * x).pow(2).sum()
     rep = check(loss, {"x": x, "idx": idx}, device="cuda", reference="both", fd_mode="fast")
     assert all(r.nondeterminism is not None for r in rep.results)
+
+
+def test_fast_mode_at_relu_zeros_checks_just_off_the_kinks():
+    inputs = P.crc_inputs(integer=True)
+    rep = check(P.crc_loss, inputs, P.crc_manual, reference="fd", fd_mode="fast")
+    assert rep.ok, str(rep)
+    assert any(r.kinks for r in rep.results)
+    assert "off it" in next(r.note for r in rep.results if r.kinks)
+    bad = check(P.crc_loss, inputs, P.crc_bug("mask"), reference="fd", fd_mode="fast")
+    assert not next(r for r in bad.results if r.name == "x").ok
+
+
+def test_repeated_backward_reports_nondeterminism_separately():
+    calls = []
+
+    def manual(x, G):
+        calls.append(1)
+        g = G * (x > 0)
+        return {"x": g + (1e-13 if len(calls) > 1 else 0.0)}  # the second run differs slightly
+    rep = check(P.relu_loss, P.relu_inputs(), manual, repeat=2)
+    r = rep.results[0]
+    assert rep.ok and len(calls) == 2
+    assert r.nondeterminism == pytest.approx(1e-13, rel=1e-3) and r.max_abs_err == 0
+    assert any("nondeterministic" in n for n in rep.notes)

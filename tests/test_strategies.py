@@ -94,6 +94,7 @@ def test_pool_configs_are_valid(dim, kind):
         out = torch_call(cfg)
         assert tuple(out.shape[-dim:]) == cfg.output_size, cfg.name
         assert tuple(out.shape[:-dim]) == cfg.input_shape[:-dim]
+        assert torch.isfinite(out).all(), f"{cfg.name}: a window sees only padding"
         for k, p in zip(_dims(cfg.kwargs["kernel_size"], dim), _dims(cfg.kwargs["padding"], dim)):
             assert 2 * p <= k
 

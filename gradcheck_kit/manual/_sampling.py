@@ -30,14 +30,21 @@ class Maker:
         self.dtype = dtype
         self.gen = torch.Generator().manual_seed(seed)
 
+    @staticmethod
+    def _size(shape) -> tuple[int, ...]:
+        """``mk.randn(2, 3)``, ``mk.randn((2, 3))`` and ``mk.randn()`` (0-d) all work."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+            return tuple(shape[0])
+        return tuple(shape)
+
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(device=self.device, dtype=self.dtype)
 
     def randn(self, *shape, scale: float = 1.0) -> torch.Tensor:
-        return self._out(torch.randn(*shape, generator=self.gen, dtype=torch.float64) * scale)
+        return self._out(torch.randn(self._size(shape), generator=self.gen, dtype=torch.float64) * scale)
 
     def uniform(self, *shape, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        u = torch.rand(*shape, generator=self.gen, dtype=torch.float64)
+        u = torch.rand(self._size(shape), generator=self.gen, dtype=torch.float64)
         return self._out(low + (high - low) * u)
 
     def positive(self, *shape, low: float = 0.5, high: float = 2.0) -> torch.Tensor:
@@ -45,7 +52,7 @@ class Maker:
 
     def away_from(self, *shape, points=(0.0,), margin: float = 0.05, scale: float = 1.0) -> torch.Tensor:
         """randn values kept at least ``margin`` from every point of ``points`` (kinks)."""
-        t = torch.randn(*shape, generator=self.gen, dtype=torch.float64) * scale
+        t = torch.randn(self._size(shape), generator=self.gen, dtype=torch.float64) * scale
         for p in points:
             d = t - p
             near = d.abs() < margin
@@ -54,14 +61,14 @@ class Maker:
 
     def probs(self, *shape, dim: int = 1) -> torch.Tensor:
         """Rows of a probability distribution along ``dim``."""
-        return self._out(torch.softmax(torch.randn(*shape, generator=self.gen, dtype=torch.float64), dim=dim))
+        return self._out(torch.softmax(torch.randn(self._size(shape), generator=self.gen, dtype=torch.float64), dim=dim))
 
     def randint(self, high: int, *shape, low: int = 0) -> torch.Tensor:
-        return torch.randint(low, high, shape, generator=self.gen).to(self.device)
+        return torch.randint(low, high, self._size(shape), generator=self.gen).to(self.device)
 
     def integers(self, *shape, low: int = -3, high: int = 4) -> torch.Tensor:
         """Small integer values in the floating dtype (exact ties and zeros)."""
-        return self._out(torch.randint(low, high, shape, generator=self.gen).to(torch.float64))
+        return self._out(torch.randint(low, high, self._size(shape), generator=self.gen).to(torch.float64))
 
     def channels_last(self, t: torch.Tensor) -> torch.Tensor:
         fmt = {4: torch.channels_last, 5: torch.channels_last_3d}[t.dim()]

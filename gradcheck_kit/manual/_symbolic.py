@@ -36,13 +36,14 @@ _ZERO = sympy.S.Zero
 
 # -- building object arrays ---------------------------------------------------------
 
-def to_rational(value: Any, *, exact: bool = True) -> sympy.Basic:
+def to_rational(value: Any, *, exact: bool = True, rounds_to: Callable | None = None) -> sympy.Basic:
     """One number as an exact sympy number.
 
     ``exact=True``: the float64 value itself (``0.1 -> 3602879701896397/2**55``), which
     is what a float64 kernel sees.  ``exact=False``: the shortest fraction with a
     denominator up to 10**6 that rounds to the same float64 (``0.1 -> 1/10``), for
-    display.  Integers stay integers; booleans become 0/1.
+    display (``rounds_to``, e.g. ``numpy.float32``, is the dtype whose rounding must give
+    ``value`` back; float64 by default).  Integers stay integers; booleans become 0/1.
     """
     if isinstance(value, sympy.Basic):
         return value
@@ -58,7 +59,8 @@ def to_rational(value: Any, *, exact: bool = True) -> sympy.Basic:
     f = Fraction(v)
     if not exact:
         short = f.limit_denominator(10**6)
-        if float(short) == v:
+        back = float(short) if rounds_to is None else float(rounds_to(float(short)))
+        if back == v:
             f = short
     return sympy.Rational(f.numerator, f.denominator)
 
@@ -92,13 +94,21 @@ def symbols(name: str, shape: Sequence[int], **assumptions) -> np.ndarray:
 
 def rationals(t: Any, *, exact: bool = True) -> np.ndarray:
     """A tensor or array of numbers as exact rationals (see ``to_rational``)."""
+    rounds_to = None
     if hasattr(t, "detach") and hasattr(t, "cpu"):
         t = t.detach().cpu()
-        t = t.double().numpy() if t.is_floating_point() else t.numpy()
+        if t.is_floating_point():
+            rounds_to = {"torch.float32": np.float32, "torch.float16": np.float16}.get(str(t.dtype))
+            t = t.double().numpy()
+        else:
+            t = t.numpy()
     a = np.asarray(t)
+    if a.dtype in (np.float32, np.float16):
+        rounds_to = a.dtype.type
     out = np.empty(a.shape, dtype=object)
     for idx in np.ndindex(a.shape):
-        out[idx] = to_rational(a[idx].item() if hasattr(a[idx], "item") else a[idx], exact=exact)
+        e = a[idx]
+        out[idx] = to_rational(e.item() if hasattr(e, "item") else e, exact=exact, rounds_to=rounds_to)
     return out
 
 

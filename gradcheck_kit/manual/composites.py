@@ -95,7 +95,7 @@ def strided_conv_loss_samples(device, dtype):
                  "strided_conv_loss[s=k=4,noncontiguous]")
 
 
-def _strided_loss_backward(grad_output, z, k, y, stride, needs, r=None):
+def _strided_loss_backward(grad_output, z, k, y, stride, needs, r=None, fast=True):
     """(dz, dk, dy) given the residual ``r = conv2d(z, k, stride) - y`` (recomputed if None)."""
     need_z, need_k, need_y = needs
     if not any(needs):
@@ -104,11 +104,38 @@ def _strided_loss_backward(grad_output, z, k, y, stride, needs, r=None):
         r = F.conv2d(z, k, stride=stride) - y
     gr = grad_output.reshape(-1, 1, 1, 1) * r                      # dL/dr = g[n] r
     gz = gk = None
-    if need_z or need_k:
+    if (need_z or need_k) and fast and _tiles(z, k, stride):
+        gz, gk = _tiled_conv_backward(gr, z, k, need_z, need_k)
+    elif need_z or need_k:
         gz, gk, _ = get("conv2d").backward(gr, z, k, None, needs_input_grad=(need_z, need_k, False),
                                            stride=stride)
     gy = -gr if need_y else None                                     # dL/dy = -g r
     return gz, gk, gy
+
+
+def _tiles(z, k, stride) -> bool:
+    """The windows of conv2d(z, k, stride) tile z exactly: stride == kernel, one group, no tail."""
+    s = _shapes.ntuple(stride, 2, "stride")
+    kh, kw = k.shape[-2:]
+    return (s == (kh, kw) and k.shape[1] == z.shape[1] and z.dim() == 4
+            and z.shape[2] % kh == 0 and z.shape[3] % kw == 0)
+
+
+def _tiled_conv_backward(g, z, k, need_z, need_k):
+    """Non-overlapping windows: z[n, c, a K + i, b K + j] = P[n, c, a, i, b, j] (a view), so
+
+    y[n, o, a, b] = sum_{c, i, j} P[n, c, a, i, b, j] k[o, c, i, j]   is one GEMM and
+    dL/dz as P = sum_o g[n, o, a, b] k[o, c, i, j],   dL/dk = sum_{n, a, b} g[n, o, a, b] P[n, c, a, i, b, j].
+    """
+    n, c, hh, ww = z.shape
+    kh, kw = k.shape[-2:]
+    gz = gk = None
+    if need_z:
+        gz = torch.einsum("noab,ocij->ncaibj", g, k).reshape(n, c, hh, ww)
+    if need_k:
+        patches = z.reshape(n, c, hh // kh, kh, ww // kw, kw)
+        gk = torch.einsum("noab,ncaibj->ocij", g, patches)
+    return gz, gk
 
 
 # ---------------------------------------------------------------------------
@@ -120,10 +147,13 @@ def _strided_loss_backward(grad_output, z, k, y, stride, needs, r=None):
 # Few output channels (seed 002's 32 -> 1 convolutions, O k^2 <= C): contract the channels
 # first, then shift.  With Wm[(o, i, j), c] = W[o, c, i, j]:
 #   U = Wm @ x                        [N, O k^2, H W]    (one GEMM that reads x once)
-#   y[n, o, h, w] = sum_{i, j} U[n, (o, i, j), h + i - p, w + j - p]
-# and backwards, with the shifted copies G[n, (o, i, j), h, w] = g[n, o, h - i + p, w - j + p]:
+#   y[n, o, h, w] = sum_{i, j} U[n, (o, i, j), h + i - p, w + j - p]     (fold, i.e. col2im)
+# and backwards, with the shifted copies G[n, (o, i, j), h, w] = g[n, o, h - i + p, w - j + p]
+# (unfold of g, i.e. im2col):
 #   dL/dx = Wm^T @ G                  [N, C, H W]
 #   dL/dW[o, c, i, j] = sum_{n, hw} x[n, c, hw] G[n, (o, i, j), hw]
+# fold/unfold order their taps the other way round (fold adds tap i at q + i - p), so the
+# code uses the flipped kernel's taps.
 #
 # Many output channels (seed 002's 32 -> 32 convolution): dL/dW as k^2 GEMMs over shifted
 # flat views of the padded input, with no im2col copy.  g is laid out "wide", with p zero
@@ -153,30 +183,27 @@ def _few_out(w: torch.Tensor) -> bool:
 
 
 def _taps(w: torch.Tensor) -> torch.Tensor:
-    """Wm[(o, i, j), c] = W[o, c, i, j]."""
-    return w.permute(0, 2, 3, 1).reshape(-1, w.shape[1])
+    """Wm[(o, i, j), c] = W[o, c, k-1-i, k-1-j]: the flipped kernel, taps in unfold's order."""
+    return w.flip(2, 3).permute(0, 2, 3, 1).reshape(-1, w.shape[1])
 
 
 def _few_out_forward(x: torch.Tensor, w: torch.Tensor, p: int) -> torch.Tensor:
-    """y = sum_{i, j} shift(Wm @ x): the same convolution for O k^2 <= C."""
+    """y = fold(Wm @ x): contract the channels, then add the k^2 shifted planes (col2im)."""
     n, c, hh, ww = x.shape
-    o, k = w.shape[0], w.shape[2]
+    k = w.shape[2]
     u = torch.matmul(_taps(w), x.reshape(n, c, hh * ww))                       # [N, O k^2, H W]
-    up = F.pad(u.view(n, o * k * k, hh, ww), (p, p, p, p)).view(n, o, k, k, hh + 2 * p, ww + 2 * p)
-    y = None
-    for i in range(k):
-        for j in range(k):
-            t = up[:, :, i, j, i:i + hh, j:j + ww]                               # U_ij[h + i - p]
-            y = t if y is None else y + t
-    return y
+    # fold puts u[(o, i, j), q] at q + (i, j) - p; with the flipped taps that is
+    # y[h] = sum_{i, j} W[o, c, i, j] x[h + (i, j) - p]
+    return F.fold(u, (hh, ww), kernel_size=k, padding=p)
 
 
 def _shifted(g: torch.Tensor, k: int, p: int) -> torch.Tensor:
-    """G[n, (o, i, j), h, w] = g[n, o, h - i + p, w - j + p] (0 outside g)."""
+    """G = unfold(g): G[n, (o, i, j), h, w] = g[n, o, h + i - p, w + j - p] (0 outside g).
+
+    With the flipped taps of ``_taps`` this is g[h - i' + p] for the kernel tap i' = k-1-i.
+    """
     n, o, hh, ww = g.shape
-    gp = F.pad(g, (p, p, p, p))
-    taps = [gp[:, :, 2 * p - i:2 * p - i + hh, 2 * p - j:2 * p - j + ww] for i in range(k) for j in range(k)]
-    return torch.stack(taps, dim=2).reshape(n, o * k * k, hh, ww)
+    return F.unfold(g, k, padding=p).view(n, o * k * k, hh, ww)
 
 
 def _few_out_input_grad(G: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -186,11 +213,11 @@ def _few_out_input_grad(G: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _few_out_weight_grad(x: torch.Tensor, G: torch.Tensor, w_shape) -> torch.Tensor:
-    """dL/dW[o, c, i, j] = sum_{n, hw} x[n, c, hw] G[n, (o, i, j), hw]."""
+    """dL/dW[o, c, i, j] = sum_{n, hw} x[n, c, hw] G[n, (o, k-1-i, k-1-j), hw]."""
     n, c, hh, ww = x.shape
     o, k = w_shape[0], w_shape[2]
     gw = torch.bmm(x.reshape(n, c, hh * ww), G.reshape(n, -1, hh * ww).transpose(1, 2)).sum(0)   # [C, O k^2]
-    return gw.view(c, o, k, k).transpose(0, 1).contiguous()
+    return gw.view(c, o, k, k).transpose(0, 1).flip(2, 3).contiguous()
 
 
 def _wide_weight_grad(x: torch.Tensor, g_wide: torch.Tensor, k: int, p: int) -> torch.Tensor:
@@ -213,14 +240,15 @@ def _wide_input_grad(g_wide: torch.Tensor, w: torch.Tensor, p: int) -> torch.Ten
     return F.conv2d(g_wide, w.flip(2, 3).transpose(0, 1), padding=(p, 0))
 
 
-def strided_conv_loss_and_grads(z, k, y, stride=32, *, wrt: Sequence[str] = ("z",), grad_output=None):
+def strided_conv_loss_and_grads(z, k, y, stride=32, *, wrt: Sequence[str] = ("z",), grad_output=None,
+                                fast: bool = True):
     """``(loss, {name: dL/dname})`` for seed 002's problem 1 in one pass (the residual is reused)."""
     _check_wrt("strided_conv_loss_and_grads", wrt, ("z", "k", "y"))
     _check_batched("strided_conv_loss", "z", z)
     r = F.conv2d(z, k, stride=stride) - y
     loss = 0.5 * r.pow(2).sum(dim=[1, 2, 3])
     g = torch.ones_like(loss) if grad_output is None else grad_output
-    grads = _strided_loss_backward(g, z, k, y, stride, tuple(n in wrt for n in ("z", "k", "y")), r=r)
+    grads = _strided_loss_backward(g, z, k, y, stride, tuple(n in wrt for n in ("z", "k", "y")), r=r, fast=fast)
     return loss, {n: t for n, t in zip(("z", "k", "y"), grads) if t is not None}
 
 
@@ -242,7 +270,7 @@ def conv_strided_loss_and_grads(x, w1, k, y, padding=1, stride=32, *,
     g = torch.ones_like(loss) if grad_output is None else grad_output
     want = {n: n in wrt for n in names}
     need_z = want["x"] or want["w1"]
-    gz, gk, gy = _strided_loss_backward(g, z, k, y, stride, (need_z, want["k"], want["y"]), r=r)
+    gz, gk, gy = _strided_loss_backward(g, z, k, y, stride, (need_z, want["k"], want["y"]), r=r, fast=fast)
     gx = gw1 = None
     if need_z and few:
         G = _shifted(gz, w1.shape[2], p)
@@ -304,7 +332,7 @@ def conv_relu_conv_loss_and_grads(x, w1, w2, k, y, padding=1, stride=32, *,
     grads: dict[str, torch.Tensor] = {}
 
     need_z = want["x"] or want["w1"] or want["w2"]
-    gz, gk, gy = _strided_loss_backward(g, z, k, y, stride, (need_z, want["k"], want["y"]), r=r)
+    gz, gk, gy = _strided_loss_backward(g, z, k, y, stride, (need_z, want["k"], want["y"]), r=r, fast=fast)
     del z, r
     if want["k"]:
         grads["k"] = gk

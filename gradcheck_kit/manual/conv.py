@@ -205,6 +205,10 @@ def _input_grad(geo: _Geometry, g: torch.Tensor, weight: torch.Tensor, in_spatia
     return _crop(gx, tuple(a for a, _ in ext), tuple(in_spatial))
 
 
+# Tried for swapped_conv's shapes on the 2-core CPU (N=8, C=64, 56x56, 3x3, stride 1/2,
+# groups 1/64; min of 9 runs) and measured slower, so not used: the stride phases stacked
+# into the batch of a stride-1 swapped conv (polyphase), channels_last operands, one matmul
+# per kernel tap, Tensor.unfold windows + einsum.
 def weight_grad_formulation(geo: _Geometry) -> str:
     """Which exact formulation ``_weight_grad`` uses: pointwise, patches or swapped_conv."""
     unpadded = all(lo == 0 and hi == 0 for lo, hi in geo.pads)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from gradcheck_kit.errors import InvalidParameterError, UnsupportedError
+from gradcheck_kit.manual import _symbolic
 from gradcheck_kit.manual._sampling import Maker
 from gradcheck_kit.manual._shapes import unbroadcast
 from gradcheck_kit.manual.registry import Sample, register
@@ -93,12 +94,9 @@ def _valid_targets(op: str, input: torch.Tensor, target: torch.Tensor, ignore_in
     return valid
 
 
-def _one_hot(target: torch.Tensor, valid: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    """onehot[n, c, ...] = 1[t_n == c] and t_n not ignored; the input's shape and dtype."""
-    cd = _class_dim(input)
-    classes = _along_classes(torch.arange(input.shape[cd], device=input.device), input)
-    hit = (torch.where(valid, target, 0).unsqueeze(cd) == classes) & valid.unsqueeze(cd)
-    return hit.to(input.dtype)
+def _target_index(target: torch.Tensor, valid: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """t_n as a scatter/gather index along the class dim (ignored targets point at class 0)."""
+    return torch.where(valid, target, 0).unsqueeze(_class_dim(input))
 
 
 def _target_weight(weight, target: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
@@ -108,26 +106,41 @@ def _target_weight(weight, target: torch.Tensor, valid: torch.Tensor, dtype) -> 
     return torch.where(valid, weight[torch.where(valid, target, 0)], 0).to(dtype)
 
 
-def _class_target_dlogp(grad_output, input, target, weight, ignore_index, reduction, label_smoothing,
-                        op: str) -> torch.Tensor:
-    """dL/dlogp of ``loss_n = -sum_c w_c q_nc logp_nc`` over non-ignored n, ``q = (1-eps) onehot + eps/C``.
+def _class_target_dlogp(grad_output, input, target, weight, ignore_index, reduction, label_smoothing, op: str):
+    """dL/dlogp of ``loss_n = -sum_c w_c q_nc logp_nc`` over non-ignored n, ``q = (1-eps) onehot + eps/C``:
 
-    This is nll_loss (eps = 0) and cross_entropy's class-index loss; ``mean`` divides
-    by the total target weight ``sum_n w_{t_n}`` as torch does (also for the smoothing
-    term).  When every target is ignored that total is 0: the loss is nan and, as in
-    torch, the gradient is 0 (the mask is a ``where``, so 0/0 never reaches it).
+        dL/dlogp_nc = on_target_n onehot(t_n)_c + spread_nc
+        on_target_n = -(1 - eps) coef_n w_{t_n},   spread_nc = -coef_n eps/C w_c,   coef_n = dL/dloss_n
+
+    returned as ``(index, on_target, spread or None, row_sum)`` with ``row_sum_n = sum_c dL/dlogp_nc``,
+    so that no dense one-hot is built.  This is nll_loss (eps = 0) and cross_entropy's
+    class-index loss; ``mean`` divides by the total target weight ``sum_n w_{t_n}`` as torch
+    does (also for the smoothing term).  When every target is ignored that total is 0:
+    the loss is nan and, as in torch, the gradient is 0 (the mask is a ``where``, so 0/0
+    never reaches it).
     """
     valid = _valid_targets(op, input, target, ignore_index)
     _check_class_weight(op, weight, input)
     cd = _class_dim(input)
-    total = _target_weight(weight, target, valid, input.dtype).sum() if reduction == "mean" else 1
-    gl = torch.where(valid, _reduction_scale(grad_output, reduction, total), 0)
-    q = _one_hot(target, valid, input)
+    w_t = _target_weight(weight, target, valid, input.dtype)
+    total = w_t.sum() if reduction == "mean" else 1
+    coef = torch.where(valid, _reduction_scale(grad_output, reduction, total), 0)
+    on_target = -(1.0 - label_smoothing) * coef * w_t
+    spread, row_sum = None, on_target
     if label_smoothing:
-        q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[cd]
-    if weight is not None:
-        q = q * _along_classes(weight, input)
-    return -gl.unsqueeze(cd) * q
+        c = input.shape[cd]
+        spread = coef.unsqueeze(cd) * (-label_smoothing / c)
+        w_sum = c if weight is None else weight.sum()
+        row_sum = on_target + coef * (-label_smoothing / c * w_sum)
+        if weight is not None:
+            spread = spread * _along_classes(weight, input)
+    return _target_index(target, valid, input), on_target, spread, row_sum
+
+
+def _scatter_dlogp(base: torch.Tensor, index, on_target, spread, cd) -> torch.Tensor:
+    """base + dL/dlogp, from the pieces of ``_class_target_dlogp`` (``base`` is a fresh tensor)."""
+    out = base.scatter_add_(cd, index, on_target.unsqueeze(cd))
+    return out if spread is None else out + spread
 
 
 def _softmax_dim(input: torch.Tensor, dim) -> int:
@@ -151,25 +164,6 @@ def _log_softmax_backward(grad_output, logp, dim) -> torch.Tensor:
 # symbolic helpers: numpy object arrays of sympy expressions
 # ---------------------------------------------------------------------------
 
-def _num(v):
-    """A Python number as an exact sympy number (a float is its exact binary value)."""
-    if isinstance(v, bool) or isinstance(v, int):
-        return sympy.Integer(int(v))
-    return sympy.Rational(float(v))
-
-
-def _sym_array(v):
-    """Tensors passed by keyword (weight, pos_weight) as exact object arrays; arrays as they are."""
-    if v is None or isinstance(v, np.ndarray):
-        return v
-    if isinstance(v, torch.Tensor):
-        if v.is_floating_point():
-            flat = [sympy.Rational(float(e)) for e in v.detach().double().cpu().reshape(-1).tolist()]
-            return np.array(flat, dtype=object).reshape(tuple(v.shape))
-        return v.detach().cpu().numpy()
-    return v
-
-
 def _map(fn, *arrays) -> np.ndarray:
     return np.asarray(np.vectorize(fn, otypes=[object])(*arrays), dtype=object)
 
@@ -183,7 +177,7 @@ def _scalar(expr) -> np.ndarray:
 def _sym_reduce(loss, reduction: str, denom=None) -> np.ndarray:
     loss = np.asarray(loss, dtype=object)  # 0-d arithmetic gives bare expressions
     if reduction == "none":
-        return np.asarray(loss, dtype=object)
+        return loss
     total = sympy.Add(*loss.reshape(-1).tolist())
     if reduction == "sum":
         return _scalar(total)
@@ -247,7 +241,7 @@ def _mse_extra(mk):
 
 
 def mse_loss_symbolic(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
-    weight = _sym_array(weight)
+    weight = _symbolic.asarray(weight)
     d = np.asarray(input, dtype=object) - np.asarray(target, dtype=object)
     loss = d * d if weight is None else d * d * weight
     return _sym_reduce(loss, reduction, None if weight is None else sympy.Add(*weight.reshape(-1).tolist()))
@@ -279,7 +273,7 @@ def _l1_extra(mk):
 
 
 def l1_loss_symbolic(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
-    weight = _sym_array(weight)
+    weight = _symbolic.asarray(weight)
     loss = _map(_sym_abs, np.asarray(input, dtype=object) - np.asarray(target, dtype=object))
     if weight is None:
         return _sym_reduce(loss, reduction)
@@ -339,7 +333,7 @@ def _sym_huber(d, beta, scale):
 
 
 def smooth_l1_loss_symbolic(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
-    b = _num(beta)
+    b = _symbolic.to_rational(beta)
     d = np.asarray(input, dtype=object) - np.asarray(target, dtype=object)
     return _sym_reduce(_map(lambda e: _sym_huber(e, b, 1), d), reduction)
 
@@ -358,8 +352,8 @@ def smooth_l1_loss_backward(grad_output, input, target, *, needs_input_grad, siz
 
 
 def huber_loss_symbolic(input, target, reduction="mean", delta=1.0, weight=None):
-    weight = _sym_array(weight)
-    dl = _num(delta)
+    weight = _symbolic.asarray(weight)
+    dl = _symbolic.to_rational(delta)
     d = np.asarray(input, dtype=object) - np.asarray(target, dtype=object)
     loss = _map(lambda e: _sym_huber(e, dl, dl), d)
     return _sym_reduce(loss if weight is None else loss * weight, reduction)
@@ -455,7 +449,7 @@ def binary_cross_entropy_with_logits_symbolic(input, target, weight=None, size_a
                                               reduction="mean", pos_weight=None):
     # -log sigmoid(x) = log(1 + e^-x), -log(1 - sigmoid(x)) = log(1 + e^x)
     x, t = np.asarray(input, dtype=object), np.asarray(target, dtype=object)
-    pw = _sym_array(pos_weight)
+    pw = _symbolic.asarray(pos_weight)
     pos = t if pw is None else pw * t
     loss = pos * _map(lambda e: sympy.log(1 + sympy.exp(-e)), x) + (1 - t) * _map(
         lambda e: sympy.log(1 + sympy.exp(e)), x)
@@ -581,12 +575,12 @@ def _nll_samples(device, dtype):
 
 def _sym_class_loss(logp, target, weight, ignore_index, reduction, label_smoothing):
     """sum over non-ignored n of -sum_c w_c q_nc logp_nc; mean divides by sum_n w_{t_n}."""
-    target = np.asarray(_sym_array(target))
-    weight = _sym_array(weight)
+    target = np.asarray(_symbolic.asarray(target))
+    weight = _symbolic.asarray(weight)
     cd = 0 if logp.ndim == 1 else 1
     c = logp.shape[cd]
     lp = np.moveaxis(logp, cd, -1)  # (..., C)
-    eps = _num(label_smoothing)
+    eps = _symbolic.to_rational(label_smoothing)
     w = [sympy.Integer(1)] * c if weight is None else list(weight.reshape(-1))
     loss = np.empty(target.shape, dtype=object)
     total = sympy.Integer(0)
@@ -620,7 +614,9 @@ def nll_loss_backward(grad_output, input, target, weight=None, *, needs_input_gr
     _check_reduction("nll_loss", reduction, size_average, reduce)
     gx = None
     if needs_input_grad[0]:
-        gx = _class_target_dlogp(grad_output, input, target, weight, ignore_index, reduction, 0.0, "nll_loss")
+        index, on_target, spread, _ = _class_target_dlogp(grad_output, input, target, weight, ignore_index,
+                                                           reduction, 0.0, "nll_loss")
+        gx = _scatter_dlogp(torch.zeros_like(input), index, on_target, spread, _class_dim(input))
     return gx, None, None
 
 
@@ -664,17 +660,17 @@ def cross_entropy_symbolic(input, target, weight=None, size_average=None, ignore
     x = np.asarray(input, dtype=object)
     cd = 0 if x.ndim == 1 else 1
     logp = _sym_log_softmax(x, cd)
-    target = _sym_array(target)
+    target = _symbolic.asarray(target)
     if np.asarray(target).shape != x.shape:
         return _sym_class_loss(logp, target, weight, ignore_index, reduction, label_smoothing)
     # probability targets: loss_n = -sum_c w_c q_nc logp_nc, q = (1 - eps) t + eps / C; mean divides by numel / C
     c = x.shape[cd]
-    eps = _num(label_smoothing)
+    eps = _symbolic.to_rational(label_smoothing)
     q = np.asarray(target, dtype=object) * (1 - eps) + eps / c if label_smoothing else np.asarray(target, dtype=object)
     if weight is not None:
         shape = [1] * x.ndim
         shape[cd] = c
-        q = q * np.asarray(_sym_array(weight), dtype=object).reshape(shape)
+        q = q * np.asarray(_symbolic.asarray(weight), dtype=object).reshape(shape)
     loss = -(logp * q).sum(axis=cd)
     return _sym_reduce(np.asarray(loss, dtype=object), reduction, sympy.Integer(x.size // c))
 
@@ -694,13 +690,13 @@ def cross_entropy_backward(grad_output, input, target, weight=None, *, needs_inp
     if input.dim() == 0:
         raise InvalidParameterError(f"{op}: input must have a class dimension, got a 0-d tensor")
     cd = _class_dim(input)
-    logp = torch.log_softmax(input, cd)
     if target.shape != input.shape:  # class indices: nll_loss(log_softmax(x)) plus smoothing
         gx = None
         if needs_input_grad[0]:
-            dlogp = _class_target_dlogp(grad_output, input, target, weight, ignore_index, reduction,
-                                        label_smoothing, op)
-            gx = _log_softmax_backward(dlogp, logp, cd)
+            # _log_softmax_backward(dlogp) = dlogp - softmax(x) sum_c dlogp, with the class sum known
+            index, on_target, spread, row_sum = _class_target_dlogp(grad_output, input, target, weight,
+                                                                    ignore_index, reduction, label_smoothing, op)
+            gx = _scatter_dlogp(torch.softmax(input, cd) * -row_sum.unsqueeze(cd), index, on_target, spread, cd)
         return gx, None, None
 
     if not target.is_floating_point():
@@ -715,6 +711,7 @@ def cross_entropy_backward(grad_output, input, target, weight=None, *, needs_inp
     if reduction == "none":
         gl = gl.unsqueeze(cd)
     wv = _along_classes(weight, input) if weight is not None else None
+    logp = torch.log_softmax(input, cd)
     gx = gt = None
     if needs_input_grad[0]:
         q = target * (1.0 - label_smoothing) + label_smoothing / c if label_smoothing else target

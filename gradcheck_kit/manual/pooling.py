@@ -11,7 +11,11 @@ padding.  All the pooling operators are separable over the spatial axes.
   kernels: scan the window in row-major order (d, then h, then w) and keep ``val`` if
   ``val > maxval or isnan(val)``, starting from the first in-bounds element.  Hence:
   the FIRST maximum wins a tie, the LAST NaN wins if the window holds NaNs, and a
-  window of ``-inf`` selects its first in-bounds element.
+  window of ``-inf`` selects its first in-bounds element.  (One torch quirk is not
+  mirrored: its CPU channels_last_3d kernel drops the depth offset for all-``-inf``
+  windows in the channels past the last full vector; the rule follows the contiguous
+  kernel there.)  A window lying wholly in the padding (possible with dilation) is
+  refused: torch indexes out of bounds there.
 * average pool: ``y = (A_1 (x) A_2 (x) A_3) x / div`` with ``A_a[o, i] = 1[i in window o]``
   a 0/1 matrix per axis, so ``dL/dx = (A_1^T (x) A_2^T (x) A_3^T) (g / div)``: the
   adjoint, one matmul per axis.  torch's divisor: ``divisor_override`` if given, else
@@ -20,6 +24,10 @@ padding.  All the pooling operators are separable over the spatial axes.
   the number of in-bounds elements.
 * adaptive average pool: window ``o`` is ``[floor(o L / O), ceil((o + 1) L / O))`` and
   the divisor its length; backward is the same adjoint.
+
+Symbolic forwards: max pool is a ``sympy.Piecewise`` encoding the first-maximum
+convention (not ``sympy.Max``, whose derivative at a tie is not torch's); averages are
+``Add(window) / divisor`` with the same divisor rule.
 """
 
 from __future__ import annotations
@@ -53,12 +61,6 @@ class _Axis:
     s: int
     p: int
     d: int = 1
-
-    def positions(self, device=None) -> torch.Tensor:
-        """``pos[o, j] = o s + j d - p`` (input coordinates, may be out of bounds)."""
-        o = torch.arange(self.O, device=device)[:, None]
-        j = torch.arange(self.k, device=device)[None, :]
-        return o * self.s + j * self.d - self.p
 
     def windows(self) -> list[list[int]]:
         """In-bounds input positions of every window, in scan order."""
@@ -124,41 +126,49 @@ def _check_grad(op: str, grad_output, shape) -> None:
 def _max_pool_selection(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.Tensor:
     """Flat spatial index of the element each window selects, shape ``(N, C, O_1 ... O_nd)``.
 
-    Windows are gathered per axis with ``index_select`` (out-of-bounds positions masked
-    to ``-inf``), flattened in row-major kernel order, and reduced with torch's rule:
-    first maximum, or last NaN.
+    For each kernel offset ``j = (j_1 .. j_nd)`` the elements ``x[pos(o, j)]`` of all
+    windows form one strided slice of the ``-inf``-padded input.  With ``m`` the
+    window maximum (NaN propagating), torch's rule picks the smallest ``j`` (row-major)
+    with ``x_j == m`` among in-bounds positions, or the largest ``j`` with ``x_j`` NaN.
     """
     nd = len(axes)
-    win = x
-    valid = torch.ones((), dtype=torch.bool, device=x.device)
-    for a, ax in enumerate(axes):
-        pos = ax.positions(x.device)                                         # (O, k)
-        dim = 2 + 2 * a
-        win = win.index_select(dim, pos.clamp(0, ax.L - 1).flatten()).unflatten(dim, (ax.O, ax.k))
-        ok = (pos >= 0) & (pos < ax.L)
-        valid = valid.unsqueeze(-1).unsqueeze(-1) & ok.reshape((1,) * (2 * a) + (ax.O, ax.k))
-    # (N, C, O1, k1, O2, k2, ...) -> (N, C, O1, O2, ..., k1 k2 ...)
-    perm = [0, 1] + [2 + 2 * a for a in range(nd)] + [3 + 2 * a for a in range(nd)]
-    win = win.permute(perm).flatten(2 + nd)
-    valid = valid.permute([2 * a for a in range(nd)] + [2 * a + 1 for a in range(nd)]).flatten(nd)
-    win = torch.where(valid, win, torch.full((), float("-inf"), dtype=win.dtype, device=win.device))
-    K = win.shape[-1]
-    m = win.amax(dim=-1, keepdim=True)                                       # NaN propagates
-    first_max = ((win == m) & valid).to(torch.uint8).argmax(dim=-1)          # argmax: first of ties
-    last_nan = (K - 1) - torch.isnan(win).flip(-1).to(torch.uint8).argmax(dim=-1)
-    j = torch.where(torch.isnan(m.squeeze(-1)), last_nan, first_max)         # flat kernel offset
-    # Unravel j into per-axis kernel offsets, then to a flat input index.
-    flat = torch.zeros_like(j)
-    rest = j
-    for a in reversed(range(nd)):
-        ax = axes[a]
-        ja = rest % ax.k
-        rest = rest // ax.k
-        o = torch.arange(ax.O, device=x.device).reshape((ax.O,) + (1,) * (nd - 1 - a))
-        pos = o * ax.s + ja * ax.d - ax.p
-        stride = int(np.prod([b.L for b in axes[a + 1:]], dtype=np.int64))
-        flat = flat + pos * stride
-    return flat
+    # -inf padding: p before each axis, and enough after for the last (ceil_mode) window.
+    pads = []
+    for ax in reversed(axes):
+        need = (ax.O - 1) * ax.s + (ax.k - 1) * ax.d + 1
+        pads += [ax.p, max(0, need - ax.L - ax.p)]
+    xp = F.pad(x, pads, value=float("-inf"))
+    offsets = list(itertools.product(*[range(ax.k) for ax in axes]))         # row-major scan order
+
+    def window_slice(j):
+        return xp[(..., *[slice(ja * ax.d, ja * ax.d + (ax.O - 1) * ax.s + 1, ax.s) for ja, ax in zip(j, axes)])]
+
+    def flat_index(j):
+        """Flat input index of pos(o, j) for every o, and whether it is in bounds: (O_1 .. O_nd) each."""
+        flat = torch.zeros((), dtype=torch.int64, device=x.device)
+        ok = torch.ones((), dtype=torch.bool, device=x.device)
+        for a, (ja, ax) in enumerate(zip(j, axes)):
+            pos = (torch.arange(ax.O, device=x.device) * ax.s + ja * ax.d - ax.p).reshape((-1,) + (1,) * (nd - 1 - a))
+            stride = int(np.prod([b.L for b in axes[a + 1:]], dtype=np.int64))
+            flat = flat + pos * stride
+            ok = ok & (pos >= 0) & (pos < ax.L)
+        return flat, ok
+
+    m = window_slice(offsets[0])
+    for j in offsets[1:]:
+        m = torch.maximum(m, window_slice(j))                                # NaN propagates
+    sel = torch.zeros(m.shape, dtype=torch.int64, device=x.device)
+    for j in reversed(offsets):                                              # the last write is the first max
+        flat, ok = flat_index(j)
+        sel = torch.where((window_slice(j) == m) & ok, flat, sel)
+    nan = torch.isnan(m)
+    if bool(nan.any()):
+        last_nan = sel
+        for j in offsets:                                                    # the last write is the last NaN
+            flat, _ = flat_index(j)
+            last_nan = torch.where(torch.isnan(window_slice(j)), flat, last_nan)
+        sel = torch.where(nan, last_nan, sel)
+    return sel
 
 
 def _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride, padding,
@@ -442,7 +452,7 @@ _MAX_TABLE = {
     ],
     3: [
         ((1, 2, 4, 4, 4), dict(kernel_size=2), "k2", "randn"),
-        ((1, 1, 4, 5, 4), dict(kernel_size=3, stride=(1, 2, 1), padding=1), "k3,s1x2x1,p1,ties", "ties"),
+        ((1, 1, 3, 4, 3), dict(kernel_size=3, stride=(1, 2, 1), padding=1), "k3,s1x2x1,p1,ties", "ties"),
         ((1, 1, 5, 5, 4), dict(kernel_size=(2, 3, 2), stride=2, padding=(1, 1, 0), ceil_mode=True),
          "k2x3x2,s2,ceil,partial", "ties"),
         ((1, 1, 5, 4, 5), dict(kernel_size=2, stride=1, dilation=(2, 1, 2)), "d2x1x2", "randn"),

@@ -104,12 +104,32 @@ class Rule:
         return tuple(p and w for p, w in zip(possible, needs))
 
     @property
+    def mirrors(self) -> Callable:
+        """The torch function this rule mirrors.
+
+        Usually ``torch_fn`` itself; where torch's positional order cannot take the
+        tensors first (``F.layer_norm(input, normalized_shape, weight, bias)``) the rule's
+        ``torch_fn`` is a thin wrapper carrying the real function as ``.mirrors``.
+        """
+        return getattr(self.torch_fn, "mirrors", self.torch_fn)
+
+    @property
+    def mirrors_name(self) -> str:
+        """``torch.nn.functional.conv2d``: dotted name of the mirrored function."""
+        fn = self.mirrors
+        import torch.nn.functional as F
+
+        for prefix, namespace in (("torch.nn.functional", F), ("torch", torch)):
+            if getattr(namespace, self.name, None) is fn:
+                return f"{prefix}.{self.name}"
+        return f"{getattr(fn, '__module__', None) or 'torch'}.{getattr(fn, '__qualname__', self.name)}"
+
+    @property
     def has_symbolic(self) -> bool:
         return self.symbolic is not None
 
     def __repr__(self) -> str:
-        fn = getattr(self.torch_fn, "__module__", "") + "." + getattr(self.torch_fn, "__name__", "?")
-        return f"Rule({self.name!r} mirrors {fn}, args={self.tensor_args})"
+        return f"Rule({self.name!r} mirrors {self.mirrors_name}, args={self.tensor_args})"
 
 
 _REGISTRY: dict[str, Rule] = {}

@@ -141,7 +141,7 @@ def fold_samples(device, dtype):
     table = [
         ((2, 2 * 4, 12), dict(output_size=(4, 5), kernel_size=2), "k2,overlap"),
         ((1, 2 * 9, 25), dict(output_size=5, kernel_size=3, padding=1), "k3,p1"),
-        ((1, 3 * 6, 3 * 4), dict(output_size=(7, 6), kernel_size=(2, 3), dilation=(2, 1), padding=(1, 0),
+        ((1, 3 * 6, 4 * 4), dict(output_size=(7, 6), kernel_size=(2, 3), dilation=(2, 1), padding=(1, 0),
                                  stride=(2, 1)), "k2x3,d2x1,p1x0,s2x1"),
         ((1, 2 * 4, 4), dict(output_size=(6, 7), kernel_size=2, stride=3), "s3,uncovered"),
         ((2 * 4, 9), dict(output_size=(5, 4), kernel_size=2, stride=(2, 1), padding=(1, 0)), "unbatched"),
@@ -210,6 +210,8 @@ def _pad_pairs(input_shape, pad, mode, value) -> list[tuple[int, int, int]]:
         if L + lo + hi < (0 if mode == "constant" else 1):
             raise InvalidParameterError(f"pad: pad {(lo, hi)} leaves dimension {dim} of size {L} with "
                                         f"{L + lo + hi} elements")
+        if mode == "constant" and L - max(-lo, 0) - max(-hi, 0) < 0:
+            raise InvalidParameterError(f"pad: negative pad {(lo, hi)} crops more than the size {L} of dimension {dim}")
         if mode == "reflect" and (lo >= L or hi >= L):
             raise InvalidParameterError(f"pad: reflect padding {(lo, hi)} must be smaller than the size {L} of "
                                         f"dimension {dim}")

@@ -1,0 +1,193 @@
+"""Pooling rules beyond the generic test: tie convention, ceil_mode divisors, bad input."""
+
+import numpy as np
+import pytest
+import sympy
+import torch
+import torch.nn.functional as F
+
+from gradcheck_kit import manual
+from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, UnsupportedError
+from tests.manual._rulecheck import check_backward, check_double_backward
+
+INF, NAN = float("inf"), float("nan")
+
+
+def _autograd(fn, x, g, **params):
+    x = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(fn(x, **params), x, g)
+    return gx
+
+
+def _both(name, x, **params):
+    """(manual, autograd) gradients of sum(pool(x))."""
+    rule = manual.get(name)
+    g = torch.ones_like(rule.forward(x, **params))
+    (mine,) = rule.backward(g, x, **params)
+    return mine, _autograd(rule.torch_fn, x, g, **params)
+
+
+# -- max pool: ties, NaN, -inf, overlap ---------------------------------------------
+
+MAX_TIES = [
+    # 1-d windows (2,2) (2,1) (1,2): the first maximum of each window takes its gradient
+    ("max_pool1d", [[[2.0, 2.0, 1.0, 2.0]]], dict(kernel_size=2, stride=1), [[[1.0, 1.0, 0.0, 1.0]]]),
+    # all equal: every 2x2 window routes to its top-left element (row-major scan)
+    ("max_pool2d", [[[[3.0, 3.0], [3.0, 3.0]]]], dict(kernel_size=2), [[[[1.0, 0.0], [0.0, 0.0]]]]),
+    # tie between (0,1) and (1,0): (0,1) comes first in row-major order
+    ("max_pool2d", [[[[0.0, 5.0], [5.0, 1.0]]]], dict(kernel_size=2), [[[[0.0, 1.0], [0.0, 0.0]]]]),
+    # 3-d: depth is the outermost scan axis
+    ("max_pool3d", [[[[[0.0, 0.0], [0.0, 4.0]], [[4.0, 0.0], [0.0, 0.0]]]]], dict(kernel_size=2),
+     [[[[[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]]]),
+    # NaN wins over numbers, and the LAST NaN of the window is taken (torch: val > max or isnan(val))
+    ("max_pool1d", [[[1.0, NAN, 3.0, NAN, 2.0]]], dict(kernel_size=5), [[[0.0, 0.0, 0.0, 1.0, 0.0]]]),
+    # a window of -inf (and padding) takes its first in-bounds element
+    ("max_pool1d", [[[-INF, -INF, -INF, -INF]]], dict(kernel_size=3, stride=2, padding=1), [[[1.0, 1.0, 0.0, 0.0]]]),
+]
+
+
+@pytest.mark.parametrize("name,x,params,expected", MAX_TIES, ids=[f"{c[0]}-{i}" for i, c in enumerate(MAX_TIES)])
+def test_max_pool_tie_convention_spelled_out(name, x, params, expected):
+    x = torch.tensor(x, dtype=torch.float64)
+    mine, ref = _both(name, x, **params)
+    expected = torch.tensor(expected, dtype=torch.float64)
+    assert torch.equal(ref, expected), "torch changed its tie convention"
+    assert torch.equal(mine, expected)
+
+
+def test_max_pool_overlapping_windows_accumulate():
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    x[0, 0, 1, 2] = 1.0  # the unique maximum lies in 3 x 3 = 9 windows of k3,s1,p1
+    mine, ref = _both("max_pool2d", x, kernel_size=3, stride=1, padding=1)
+    assert mine[0, 0, 1, 2] == 9.0
+    torch.testing.assert_close(mine, ref, rtol=0, atol=0)
+
+
+def test_max_pool_second_derivative_wrt_grad_output_is_the_routing():
+    x = torch.tensor([[[1.0, 4.0, 4.0, 0.0, 2.0]]], dtype=torch.float64)
+    g = torch.tensor([[[1.0, 10.0, 100.0]]], dtype=torch.float64, requires_grad=True)
+    (gx,) = manual.get("max_pool1d").backward(g, x, kernel_size=3, stride=1)
+    # windows x[0:3] = [1,4,4] and x[1:4] = [4,4,0] route to index 1 (first max), x[2:5] = [4,0,2] to index 2
+    assert gx.tolist() == [[[0.0, 11.0, 100.0, 0.0, 0.0]]]
+    (d,) = torch.autograd.grad(gx[0, 0, 1], g)
+    assert d.tolist() == [[[1.0, 1.0, 0.0]]]
+
+
+def test_max_pool_symbolic_is_piecewise_first_max():
+    x = sympy.symbols("a b c")
+    arr = np.array(x, dtype=object).reshape(1, 1, 3)
+    (y,) = manual.get("max_pool1d").symbolic(arr, kernel_size=3).reshape(-1)
+    assert isinstance(y, sympy.Piecewise)
+    at_tie = {x[0]: 2, x[1]: 2, x[2]: 1}
+    assert [sympy.diff(y, v).subs(at_tie) for v in x] == [1, 0, 0]
+    assert y.subs({x[0]: 1, x[1]: 2, x[2]: 2}) == 2
+
+
+def test_symbolic_forwards_match_torch_on_small_samples():
+    for name in ("max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool2d"):
+        rule = manual.get(name)
+        for s in rule.samples():
+            x = s.args[0]
+            if x.numel() > 40:
+                continue
+            syms = sympy.symbols(f"x0:{x.numel()}")
+            out = rule.symbolic(np.array(syms, dtype=object).reshape(tuple(x.shape)), **s.kwargs)
+            ref = rule.forward(x, **s.kwargs)
+            vals = {v: sympy.Float(t, 30) for v, t in zip(syms, x.reshape(-1).tolist())}
+            got = np.array([float(sympy.sympify(e).xreplace(vals)) for e in out.reshape(-1)]).reshape(out.shape)
+            assert got.shape == tuple(ref.shape), s.name
+            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12, err_msg=s.name)
+
+
+# -- average pool: ceil_mode divisors ---------------------------------------------------
+
+# 1-d, input of length 6, g = ones: dL/dx[i] = sum over the windows w containing i of 1 / div(w)
+AVG_EDGES = [
+    # k3 s2 ceil, no padding: windows [0,3) [2,5) [4,6)+1 past the end; the last divides by 2
+    ("ceil,p0", dict(kernel_size=3, stride=2, ceil_mode=True),
+     [1 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3 + 1 / 2, 1 / 2]),
+    # k3 s2 p1 ceil: windows [-1,2) [1,4) [3,6) [5,8); the last holds x[5], one pad, one past the padded
+    # extent: count_include_pad divides by 2 (pad counted, overflow not), exclusion by 1
+    ("ceil,p1,include", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+     [1 / 3, 2 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3 + 1 / 2]),
+    ("ceil,p1,exclude", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+     [1 / 2, 1 / 2 + 1 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3 + 1]),
+    # divisor_override replaces every divisor (avg_pool2d: avg_pool1d has no such parameter)
+    ("override", dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1), ceil_mode=True, divisor_override=2),
+     [1 / 2, 2 / 2, 1 / 2, 2 / 2, 1 / 2, 2 / 2]),
+]
+
+
+@pytest.mark.parametrize("tag,params,expected", AVG_EDGES, ids=[c[0] for c in AVG_EDGES])
+def test_avg_pool_ceil_mode_divisor_edge_cases(tag, params, expected):
+    name = "avg_pool2d" if "divisor_override" in params else "avg_pool1d"
+    x = torch.randn(1, 1, 6, dtype=torch.float64)
+    if name == "avg_pool2d":
+        x = x.unsqueeze(2)
+    mine, ref = _both(name, x, **params)
+    expected = torch.tensor(expected, dtype=torch.float64).reshape(x.shape)
+    torch.testing.assert_close(ref, expected, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(mine, expected, rtol=1e-14, atol=1e-14)
+
+
+def test_adaptive_avg_pool2d_non_divisible_windows():
+    # L = 5, O = 3: windows [0,2) [1,4) [3,5) -> weights 1/2, 1/2+1/3, 1/3, 1/3+1/2, 1/2
+    x = torch.randn(1, 1, 1, 5, dtype=torch.float64)
+    mine, ref = _both("adaptive_avg_pool2d", x, output_size=(1, 3))
+    expected = torch.tensor([1 / 2, 1 / 2 + 1 / 3, 1 / 3, 1 / 3 + 1 / 2, 1 / 2], dtype=torch.float64)
+    torch.testing.assert_close(ref.reshape(-1), expected)
+    torch.testing.assert_close(mine.reshape(-1), expected)
+
+
+# -- bad input ----------------------------------------------------------------------
+
+
+def _g(*shape):
+    return torch.ones(*shape, dtype=torch.float64)
+
+
+BAD = [
+    ("max_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(kernel_size=2, return_indices=True), UnsupportedError,
+     "return_indices"),
+    ("max_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(kernel_size=2, padding=2), InvalidParameterError, "padding"),
+    ("max_pool1d", (1, 1, 4), (1, 1, 2), dict(kernel_size=2, stride=0), InvalidParameterError, "stride"),
+    ("max_pool1d", (1, 1, 4), (1, 1, 2), dict(kernel_size=2, dilation=0), InvalidParameterError, "dilation"),
+    # windows lying entirely in the padding: torch indexes out of bounds there
+    ("max_pool1d", (1, 1, 1), (1, 1, 1), dict(kernel_size=2, padding=1, dilation=2), UnsupportedError, "dilation"),
+    ("max_pool2d", (1, 4, 4), (1, 2, 2), dict(kernel_size=(2, 2, 2)), InvalidParameterError, "kernel_size"),
+    ("max_pool3d", (4, 4), (2, 2), dict(kernel_size=2), InvalidInputError, "input"),
+    ("max_pool2d", (1, 1, 4, 4), (1, 1, 3, 3), dict(kernel_size=2), InvalidInputError, "grad_output"),
+    ("avg_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(kernel_size=2, divisor_override=0), InvalidParameterError,
+     "divisor_override"),
+    ("avg_pool3d", (1, 1, 2, 2, 2), (1, 1, 1, 1, 1), dict(kernel_size=3), InvalidParameterError, "kernel_size"),
+    ("adaptive_avg_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(output_size=(2, -1)), InvalidParameterError,
+     "output_size"),
+]
+
+
+@pytest.mark.parametrize("name,xs,gs,params,err,word", BAD, ids=[f"{c[0]}-{c[5]}-{i}" for i, c in enumerate(BAD)])
+def test_bad_input_names_the_parameter(name, xs, gs, params, err, word):
+    with pytest.raises(err, match=word):
+        manual.get(name).backward(_g(*gs), torch.zeros(*xs, dtype=torch.float64), **params)
+
+
+def test_needs_input_grad_false_computes_nothing():
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    for name in ("max_pool2d", "avg_pool2d"):
+        assert manual.get(name).backward(_g(1, 1, 2, 2), x, needs_input_grad=(False,), kernel_size=2) == (None,)
+
+
+# -- CUDA ---------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
+                                  "avg_pool3d", "adaptive_avg_pool2d"])
+def test_cuda_matches_autograd_including_ties(name):
+    rule = manual.get(name)
+    for s in rule.samples(device="cuda", dtype=torch.float64):
+        check_backward(rule, s.args, s.kwargs)
+        check_double_backward(rule, s.args, s.kwargs)
+    for x, params, _ in [(torch.tensor(c[1]), c[2], c[3]) for c in MAX_TIES if c[0] == name]:
+        mine, ref = _both(name, x.cuda().double(), **params)
+        assert torch.equal(mine, ref)
