@@ -219,6 +219,16 @@ def test_exact_derivative_at_a_point_equals_sympy_diff_then_subs():
             assert abs(float(at.d(e, s)) - float(exact)) < 1e-15 * max(1.0, abs(float(exact))), (e, s)
 
 
+def test_exact_derivative_does_not_rely_on_symbol_identity():
+    # sympy's cache may return an equal but distinct Symbol object inside a cached expression
+    x = sympy.Symbol("input_0", real=True)
+    e = x ** 2 + 3 * x
+    sympy.core.cache.clear_cache()
+    x2 = sympy.Symbol("input_0", real=True)
+    at = derive._Point({x2: sympy.Rational(1, 2)})
+    assert at.d(e, x2) == 4 and at.d(x, x2) == 1
+
+
 def test_verify_needs_a_symbolic_forward():
     rule = dataclasses.replace(manual.get("conv1d"), symbolic=None)
     with pytest.raises(derive.NoSymbolicForwardError, match="no symbolic forward") as e:
