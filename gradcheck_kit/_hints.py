@@ -78,12 +78,15 @@ class _Recorder(TorchFunctionMode):
         self.keep = list(leaves.values())
         self.uses: dict[int, list] = {}
         self.convs = 0
+        self.relus = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in _CONVS:
             self.convs += 1
+        if func in _RELUS:
+            self.relus += 1
         k = self.k
         self.k += 1
         outs = _outs(out)
@@ -188,12 +191,19 @@ class Context:
         self._cache: dict = {}
         self._uses = None
         self.n_convs = 0
+        self.n_relus = 0
         self.budget = _MAX_COUNTERFACTUALS
 
-    def _grads(self, mode_factory) -> dict | None:
+    def _grads(self, key, mode_factory) -> dict | None:
+        if key in self._cache:
+            return self._cache[key]
         if self.budget <= 0:
             return None
         self.budget -= 1
+        self._cache[key] = self._compute(mode_factory)
+        return self._cache[key]
+
+    def _compute(self, mode_factory) -> dict | None:
         leaves = {n: (t.detach().requires_grad_(True) if n in self.wrt else
                       (t.detach() if isinstance(t, torch.Tensor) else t)) for n, t in self.tensors.items()}
         mode = mode_factory()
@@ -220,17 +230,18 @@ class Context:
                     for j, (k, pos, fname) in enumerate(uses):
                         found.append((rec.labels[key], k, pos, fname, j + 1, len(uses)))
             self._uses = found
-            self.n_convs = rec.convs
+            self.n_convs, self.n_relus = rec.convs, rec.relus
         return self._uses
 
     def counterfactuals(self):
         """Yields (description template, grads) lazily; the template takes the input name."""
-        g = self._grads(_StraightThroughRelu)
+        uses = self.uses()
+        g = self._grads("relu", _StraightThroughRelu) if self.n_relus else None
         if g is not None:
             yield ("it equals the gradient with the ReLU mask dropped: the backward of relu must multiply by "
                    "1[pre-activation > 0] (a mask that zeroes the gradient where the unit was off)"), g
-        for label, k, pos, fname, j, n in self.uses():
-            g = self._grads(lambda k=k, pos=pos: _DropUse(k, pos))
+        for label, k, pos, fname, j, n in uses:
+            g = self._grads(("use", k, pos), lambda k=k, pos=pos: _DropUse(k, pos))
             if g is not None:
                 yield (f"it misses the term through use {j} of {n} of {label} (in {fname}, op #{k}): a tensor "
                        f"used several times (a shared weight, or an intermediate feeding two branches) gets the "
@@ -243,8 +254,8 @@ class Context:
                     holder["mode"] = _ConvKernelBackward(tf, c)
                     return holder["mode"]
 
-                g = self._grads(factory)
-                if g is not None and holder["mode"].applied:
+                g = self._grads(("conv", c, what), factory)
+                if g is not None and (holder.get("mode") is None or holder["mode"].applied):
                     nth = f"convolution #{c + 1} (of {self.n_convs})" if self.n_convs > 1 else "the convolution"
                     yield (f"it equals the gradient computed with the kernel of {nth} {what} in the input's "
                            f"backward: the input gradient is conv_transpose with the SAME kernel (the adjoint "

@@ -105,8 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:  # --help, --version
             return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
         if args.command is None:
-            parser.print_help(sys.stderr)
-            return EXIT_USAGE
+            raise UsageError("no command given: use check, list, sweep or derive (see 'gradcheck-kit --help')")
         handler = {"check": _check, "list": _list, "sweep": _sweep}[args.command]
         return handler(args)
     except KeyboardInterrupt:

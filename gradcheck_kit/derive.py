@@ -21,6 +21,14 @@ binary rationals, so ties and kinks sit exactly where the float64 backward sees 
 ``c`` (representable in float64) and compares ``J^T c`` with the rule's explicit
 backward in float64.  There is no finite-difference noise: a correct rule agrees to
 rounding, about 1e-15 relative.
+
+For speed, ``verify`` does not build the derivative trees: ``_Point.d`` applies sympy's
+differentiation rules (sum, product, power, ``Piecewise`` by its active branch, and each
+function's own ``fdiff``) over the forward expression and evaluates them exactly at the
+point as it goes, memoising shared subexpressions (a batch-norm mean is evaluated once).
+Rational arithmetic is exact (``Fraction``); transcendental values are taken to 40
+digits.  ``jacobian()`` builds the symbolic entries with ``sympy.diff``; the tests check
+that both agree.
 """
 
 from __future__ import annotations
@@ -132,12 +140,6 @@ def _diff_term(t: sympy.Basic, s: sympy.Symbol) -> sympy.Basic:
         if len(holders) == 1 and holders[0] == s:
             return sympy.Mul(*[a for a in t.args if a != s])
     return t.diff(s)
-
-
-def _diff(expr: sympy.Basic, s: sympy.Symbol) -> sympy.Basic:
-    """``d expr / d s``; inside a sum only the terms that contain ``s`` are differentiated."""
-    parts = [_diff_term(t, s) for t in _terms(expr) if s in t.free_symbols]
-    return sympy.Add(*parts) if len(parts) != 1 else parts[0]
 
 
 def _by_symbol(expr: sympy.Basic, wanted) -> dict:
@@ -579,10 +581,6 @@ class _Point:
             return acc
         return self(e.diff(s))
 
-    def diff_term(self, t, s):
-        """``d t / d s`` at the point, for one term ``t`` of a sum."""
-        return self.d(t, s)
-
 
 def _rat(v: Fraction) -> sympy.Rational:
     return sympy.Rational(v.numerator, v.denominator)
@@ -662,8 +660,10 @@ def _verify_sample(rule, sample, *, seed: int, rtol: float, max_elements: int) -
 
     try:
         out = _as_output(rule.symbolic(*arrays, **kwargs))
-    except GradcheckKitError:
-        raise
+    except GradcheckKitError as e:  # a configuration the symbolic forward declines: say so
+        res.skipped, res.reason = True, f"symbolic forward declines this sample: {e}"
+        res.seconds = time.perf_counter() - t0
+        return res
     except Exception as e:  # a bug in the symbolic forward is a failed check, not a crash
         res.ok, res.reason = False, f"symbolic forward raised {type(e).__name__}: {e}"
         res.seconds = time.perf_counter() - t0
@@ -694,7 +694,7 @@ def _verify_sample(rule, sample, *, seed: int, rtol: float, max_elements: int) -
         for s, terms in _by_symbol(y, acc).items():
             nnz += 1
             for t in terms:
-                v = at.diff_term(t, s)
+                v = at.d(t, s)
                 if v is None:
                     nonfinite.append(f"d output {i} / d {s}")
                     continue

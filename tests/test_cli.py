@@ -215,9 +215,7 @@ def test_device_cuda_without_gpu(good, capsys):
                                   ["check", "x.py", "--seed", "abc"]])
 def test_usage_errors_exit_2(argv, capsys):
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    if argv:
-        one_error_line(err)
+    one_error_line(capsys.readouterr().err)
 
 
 def test_debug_adds_the_traceback(tmp_path, capsys):

@@ -271,6 +271,8 @@ def _drop_idx(fn):
      r"shape \(2, 2, 6, 5\) but 'x' has shape \(2, 2, 6, 6\)"),
     (dict(manual=lambda **kw: {"x": P.crc_manual(**kw)["x"].float()}), E.ManualGradientError,
      r"dtype torch.float32 but 'x' is torch.float64"),
+    (dict(manual=lambda **kw: {"x": torch.empty(2, 2, 6, 6, dtype=torch.float64, device="meta")}),
+     E.ManualGradientError, r"gradient for 'x' is on meta but 'x' is on cpu"),
     (dict(manual=lambda **kw: [1, 2]), E.ManualGradientError, r"must return a dict"),
     (dict(loss=lambda **kw: 3.0), E.LossError, r"loss must return a torch.Tensor, got float"),
     (dict(loss=lambda **kw: torch.tensor(1.0)), E.LossDependencyError, r"does not depend on any of"),

@@ -18,7 +18,6 @@ its receptive field).
 
 from __future__ import annotations
 
-import itertools
 from fractions import Fraction
 from typing import Any, Callable, Sequence
 
