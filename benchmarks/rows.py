@@ -173,20 +173,39 @@ def _rule_row(group: str, name: str, rule_name: str, make: Callable[[], tuple], 
         return na(group, name, goal, _one_line(e))
     t = time_pair(man, auto, device=ctx.device, repeats=ctx.repeats, warmup=1)
     note = f"pair-ratio spread {t.spread:.0%} over {t.repeats} pairs"
-    if rule_name.startswith("conv") and "weight_grad_formulation" not in note:
-        try:
-            from gradcheck_kit.manual import conv as conv_mod
-
-            geo_fn = getattr(conv_mod, "_conv_geometry", None)
-            if geo_fn is not None and rule_name.startswith("conv") and "transpose" not in rule_name:
-                dims = int(rule_name[4])
-                geo = geo_fn(rule_name, dims, args[0].shape, args[1].shape, kwargs.get("stride", 1),
-                             kwargs.get("padding", 0), kwargs.get("dilation", 1), kwargs.get("groups", 1))
-                note = f"weight grad: {conv_mod.weight_grad_formulation(geo)}; " + note
-        except Exception:
-            pass
+    form = _conv_formulation(rule_name, args, kwargs)
+    if form:
+        note = f"weight grad: {form}; " + note
     return Row(group, name, goal, f"{t.ratio:.2f}x", t.ratio <= 1.10, t.a_s * 1e3, t.b_s * 1e3, t.ratio,
                note=note)
+
+
+def _conv_formulation(rule_name: str, args: tuple, kwargs: dict) -> str | None:
+    """The weight-gradient formulation the conv rule picks for this shape (None when unknown)."""
+    if not rule_name.startswith("conv"):
+        return None
+    try:
+        from gradcheck_kit.manual import conv as conv_mod
+
+        if rule_name.startswith("conv_transpose"):
+            dims = int(rule_name[-2])
+            geo, _ = conv_mod._transpose_geometry(rule_name, dims, args[0].shape, args[1].shape,
+                                                  kwargs.get("stride", 1), kwargs.get("padding", 0),
+                                                  kwargs.get("output_padding", 0), kwargs.get("groups", 1),
+                                                  kwargs.get("dilation", 1))
+            c_in = args[1].shape[1] * kwargs.get("groups", 1)      # the weight gradient's "input" is g
+        else:
+            dims = int(rule_name[4])
+            geo = conv_mod._conv_geometry(rule_name, dims, args[0].shape, args[1].shape, kwargs.get("stride", 1),
+                                          kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                                          kwargs.get("groups", 1))
+            c_in = args[0].shape[1]
+        try:
+            return conv_mod.weight_grad_formulation(geo, c_in)
+        except TypeError:
+            return conv_mod.weight_grad_formulation(geo)
+    except Exception:
+        return None
 
 
 def _randn(*shape, device, seed=0, dtype=torch.float32):
@@ -371,12 +390,13 @@ def _wall(cmd: list[str], repeats: int) -> tuple[float, int]:
 def group_cli(ctx: Ctx) -> list[Row]:
     cmd, how = _cli_cmd()
     reps = 3 if ctx.quick else 5
+    heavy = 1 if ctx.quick else 3                  # runs that import torch (about 2 s each)
     t_help, rc_help = _wall(cmd + ["--help"], reps)
-    t_torch, _ = _wall([sys.executable, "-c", "import torch"], reps)
+    t_torch, _ = _wall([sys.executable, "-c", "import torch"], heavy)
     t_py, _ = _wall([sys.executable, "-c", "pass"], reps)
     rows = [Row("cli", "gradcheck-kit --help", "< 0.3 s", f"{t_help:.2f} s", rc_help == 0 and t_help < 0.3,
                 note=f"{how}; exit {rc_help}; bare python start {t_py:.2f} s")]
-    t_check, rc_check = _wall(cmd + ["check", str(CASES / "pow_log.py")], reps)
+    t_check, rc_check = _wall(cmd + ["check", str(CASES / "pow_log.py")], heavy)
     rows.append(Row("cli", "gradcheck-kit check cases/pow_log.py", "(report)", f"{t_check:.2f} s",
                     None if rc_check == 0 else False,
                     note=f"exit {rc_check}; `python -c 'import torch'` alone takes {t_torch:.2f} s "
