@@ -100,9 +100,10 @@ def seed002_variants(row_id: str, device: str, quick: bool = False) -> dict[str,
             return C.conv_strided_loss_and_grads(inp["x"], inp["w1"], inp["k"], inp["y"], padding=1,
                                                  stride=32, wrt=wrt)
     else:
-        def manual():
+        def manual(fast=True):
             return C.conv_relu_conv_loss_and_grads(inp["x"], inp["w1"], inp["w2"], inp["k"], inp["y"],
-                                                   padding=1, stride=32, wrt=wrt)
+                                                   padding=1, stride=32, wrt=wrt, fast=fast)
+        return {"manual": manual, "autograd": autograd, "rule_chain": lambda: manual(fast=False)}
     return {"manual": manual, "autograd": autograd}
 
 
@@ -135,6 +136,11 @@ def group_seed002(ctx: Ctx) -> list[Row]:
         rows.append(Row("seed002", name, "<= 1.10x time, <= 1.0x memory", f"{t.ratio:.2f}x", t.ratio <= 1.10,
                         t.a_s * 1e3, t.b_s * 1e3, t.ratio, mem, None if mem is None else mem <= 1.0,
                         f"{mem_note}; pair-ratio spread {t.spread:.0%} over {t.repeats} pairs"))
+        if "rule_chain" in v and not ctx.quick:  # what the per-shape formulations bought
+            tc = time_pair(v["rule_chain"], v["autograd"], device=ctx.device, repeats=ctx.repeats, warmup=1)
+            rows.append(Row("seed002", f"{row_id} same, each step the conv2d rule (fast=False), for reference",
+                            "(report)", f"{tc.ratio:.2f}x", None, tc.a_s * 1e3, tc.b_s * 1e3, tc.ratio,
+                            note=f"pair-ratio spread {tc.spread:.0%} over {tc.repeats} pairs"))
     return rows
 
 

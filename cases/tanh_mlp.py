@@ -15,10 +15,12 @@ WRT = ("w1", "b1", "w2", "b2")
 
 
 def inputs(device, dtype):
+    # The lecture draws every parameter with torch.rand (all positive): w2 h + b2 then reaches ~10,
+    # tanh saturates and the gradients shrink to ~1e-9.  Centred draws keep them O(0.1).
     kw = dict(device=device, dtype=dtype)
     return {
-        "w1": torch.rand(20, 10, **kw), "b1": torch.rand(20, **kw),
-        "w2": torch.rand(5, 20, **kw), "b2": torch.rand(5, **kw),
+        "w1": torch.rand(20, 10, **kw) - 0.5, "b1": torch.rand(20, **kw) - 0.5,
+        "w2": torch.rand(5, 20, **kw) - 0.5, "b2": torch.rand(5, **kw) - 0.5,
         "x": torch.rand(10, **kw), "target": torch.rand(5, **kw),
     }
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -37,11 +36,12 @@ from gradcheck_kit._check_errors import (FiniteDifferenceTooLargeError, InPlaceM
 from gradcheck_kit.errors import GradcheckKitError
 
 __all__ = ["check", "assert_grads_match", "Report", "Result", "tolerances", "GradcheckKitError",
-           "DEFAULT_FD_LIMIT"]
+           "DEFAULT_FD_LIMIT", "DEFAULT_FD_WORK"]
 
 #: Full finite differences above this many loss evaluations refuse (``fd_mode="full"``) or switch to
 #: random projections (``fd_mode="auto"``).
 DEFAULT_FD_LIMIT = 10_000
+DEFAULT_FD_WORK = 2e8          # auto mode: full FD while evaluations x input elements stay below this
 
 _REFERENCES = {"autograd": ("autograd",), "finite-difference": ("fd",), "finite_difference": ("fd",),
                "fd": ("fd",), "both": ("autograd", "fd")}
@@ -560,7 +560,7 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
           reference: str = "autograd", device=None, dtype=None, atol: float | None = None,
           rtol: float | None = None, double_backward: bool = False, seed: int = 0,
           fd_mode: str = "auto", fd_limit: int | None = DEFAULT_FD_LIMIT, fd_eps: float = 1e-6,
-          fd_projections: int = 4, fd_seconds: float = 10.0, repeat: int | None = None, diagnose: bool = True,
+          fd_projections: int = 4, fd_work: float | None = DEFAULT_FD_WORK, repeat: int | None = None, diagnose: bool = True,
           allow_unused: bool = False) -> Report:
     """Compare ``manual``'s gradients of ``loss`` (or autograd's, with no ``manual``) with a reference.
 
@@ -571,7 +571,8 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     override the per-dtype tolerances (atol is then absolute).
 
     Beyond the contract (keyword-only): ``fd_mode`` "auto" (full central differences up to
-    ``fd_limit`` loss evaluations in all and about ``fd_seconds`` of them, random projections
+    ``fd_limit`` loss evaluations in all and ``fd_work`` element-evaluations, i.e. evaluations
+    times the number of input elements, a deterministic proxy for their cost; random projections
     above), "full" (refuses above ``fd_limit``; ``fd_limit=None`` forces it) or "fast"; ``fd_eps``
     the step; ``fd_projections`` the number of random directions; ``repeat`` how often the
     subject's backward runs (default 2 on CUDA, to measure nondeterminism, else 1); ``diagnose=False`` skips the hints; ``allow_unused=True``
@@ -589,7 +590,7 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     report = Report(reference=reference, double_backward=double_backward, seed=seed)
     opts = dict(loss=loss, inputs=inputs, manual=manual, wrt=wrt, refs=refs, dtype=dtype, atol=atol, rtol=rtol,
                 double_backward=double_backward, seed=seed, fd_mode=fd_mode, fd_limit=fd_limit, fd_eps=fd_eps,
-                fd_projections=fd_projections, fd_seconds=fd_seconds, repeat=repeat, diagnose=diagnose,
+                fd_projections=fd_projections, fd_work=fd_work, repeat=repeat, diagnose=diagnose,
                 allow_unused=allow_unused)
     for dev in devices:
         _Device(report, dev, **opts).run()
@@ -612,12 +613,12 @@ class _Device:
     """One device's run of ``check``."""
 
     def __init__(self, report: Report, dev, *, loss, inputs, manual, wrt, refs, dtype, atol, rtol, double_backward,
-                 seed, fd_mode, fd_limit, fd_eps, fd_projections, fd_seconds, repeat, diagnose, allow_unused):
+                 seed, fd_mode, fd_limit, fd_eps, fd_projections, fd_work, repeat, diagnose, allow_unused):
         self.report, self.loss, self.inputs, self.manual = report, loss, inputs, manual
         self.wrt, self.refs, self.dtype, self.user_atol, self.user_rtol = wrt, refs, dtype, atol, rtol
         self.double_backward, self.seed = double_backward, seed
         self.fd_mode, self.fd_limit, self.fd_eps, self.fd_projections = fd_mode, fd_limit, fd_eps, fd_projections
-        self.fd_seconds = fd_seconds
+        self.fd_work = fd_work
         self.diagnose, self.allow_unused = diagnose, allow_unused
         self.run_fn = _Runner(seed)
         self.work = {n: _copy(t, dev, dtype) for n, t in inputs.items()}
@@ -764,16 +765,16 @@ class _Device:
                    for n, t in self.ref64().items()}
         ev = _fd.Evaluator(self.loss, tensors, lambda fn, kw: self.run_fn(fn, kw, "loss"))
         with torch.no_grad():
-            t0 = time.perf_counter()
             out0 = _loss_out(self.run_fn(self.loss, tensors, "loss"), self.info)
-            t_eval = time.perf_counter() - t0
+        # Cost of one loss evaluation, in input elements: deterministic, unlike a timing.
+        per_eval = sum(t.numel() for t in tensors.values() if isinstance(t, torch.Tensor))
         f0 = float(out0.double())
         if not math.isfinite(f0):
             raise NonFiniteReferenceError(f"the loss itself is {f0} at the given inputs, so finite differences "
                                           f"cannot be taken.")
         h = self.fd_eps
         gen = torch.Generator().manual_seed(self.seed)
-        modes = self._fd_modes(t_eval)
+        modes = self._fd_modes(per_eval)
         out = []
         pending_full = {}
         for n in self.wrt_names:
@@ -880,10 +881,10 @@ class _Device:
             return None
         return None if g is None else g.detach().to("cpu", torch.float64)
 
-    def _fd_modes(self, t_eval: float) -> dict:
-        """Per input: "full" while within fd_limit evaluations (and, in auto mode, about fd_seconds), else "fast"."""
+    def _fd_modes(self, per_eval: int) -> dict:
+        """Per input: "full" while within fd_limit evaluations (and, in auto mode, fd_work), else "fast"."""
         modes, budget = {}, self.fd_limit
-        seconds = self.fd_seconds
+        work = self.fd_work
         for n in self.wrt_names:
             need = _fd.estimate_evaluations(self.work[n].numel())
             if self.fd_mode == "fast":
@@ -897,12 +898,12 @@ class _Device:
                 modes[n] = "full"
                 budget = None if budget is None else budget - need
             else:
-                fits = (budget is None or need <= budget) and (seconds is None or need * t_eval <= seconds)
+                fits = (budget is None or need <= budget) and (work is None or need * per_eval <= work)
                 modes[n] = "full" if fits else "fast"
                 if fits and budget is not None:
                     budget -= need
-                if fits and seconds is not None:
-                    seconds -= need * t_eval
+                if fits and work is not None:
+                    work -= need * per_eval
         return modes
 
     # -- second derivatives ----------------------------------------------------------------------------

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Under pytest-xdist each worker is one process: one torch thread each avoids
+# oversubscribing the cores (CI has 2), which made the suite several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

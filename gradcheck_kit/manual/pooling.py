@@ -123,6 +123,82 @@ def _check_grad(op: str, grad_output, shape) -> None:
 # -- max pooling --------------------------------------------------------------------
 
 
+#: Route max-pool backwards through ``_max_pool_selection_fast`` when it applies (no NaN,
+#: no all ``-inf`` window).  Set to False to force the general scan (tests compare both).
+MAX_POOL_FAST_PATH = True
+_CL_COPY = True
+
+
+def _max_pool_selection_fast(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.Tensor | None:
+    """``_max_pool_selection`` for windows whose maximum is > -inf and not NaN; else None.
+
+    Separable first-maximum, one axis at a time from the innermost (w) outwards, on a
+    channels-last ``-inf``-padded copy (C innermost: every op is a contiguous vector op):
+    for axis ``a`` with slices ``v_j`` (offset ``j``) and ``M = max_j v_j``, the first
+    maximum is ``j* = n_0 (1 + n_1 (1 + ... n_{k-2}))`` with ``n_j = [v_j != M]``, and a
+    local index ``L`` of an inner axis is carried from the chosen slice:
+    ``L_{j*} = L_0 + n_0 (L_1 - L_0 + n_1 (L_2 - L_1 + ...))`` (uint8, exact mod 256).
+    Row-major first maximum == lexicographic first over (j_1 .. j_nd) == this recursion.
+    The rule is exact only without NaN (torch takes the LAST NaN) and without all ``-inf``
+    windows (torch takes the first in-bounds element, the padding here is ``-inf`` too):
+    both make ``sum(M)`` NaN or ``-inf``, and then None sends the caller to the full scan.
+    """
+    nd = len(axes)
+    if max(ax.k for ax in axes) > 255:                                       # uint8 local indices
+        return None
+    N, C = x.shape[:2]
+    xl = x.movedim(1, -1)                                                    # (N, S_1 .. S_nd, C): a view
+    pads = [(ax.p, max(0, (ax.O - 1) * ax.s + (ax.k - 1) * ax.d + 1 - ax.L - ax.p)) for ax in axes]
+    if any(lo or hi for lo, hi in pads):
+        buf = x.new_empty((N, *[ax.L + lo + hi for ax, (lo, hi) in zip(axes, pads)], C))
+        for dim, (ax, (lo, hi)) in enumerate(zip(axes, pads), start=1):     # -inf borders, x inside
+            buf.narrow(dim, 0, lo).fill_(float("-inf"))
+            buf.narrow(dim, lo + ax.L, hi).fill_(float("-inf"))
+        buf[(slice(None), *[slice(lo, lo + ax.L) for ax, (lo, _) in zip(axes, pads)])] = xl
+        xl = buf
+    elif _CL_COPY:
+        xl = xl.contiguous()                                                 # free for channels_last input
+
+    def sl(t, dim, j, ax):
+        v = t.narrow(dim, j * ax.d, (ax.O - 1) * ax.s + 1)
+        return v[(slice(None),) * dim + (slice(None, None, ax.s),)] if ax.s > 1 else v
+
+    V, locs = xl, []                                                         # locs: inner axes first
+    for a in reversed(range(nd)):
+        ax, dim = axes[a], a + 1
+        vs = [sl(V, dim, j, ax) for j in range(ax.k)]
+        M = vs[0]
+        for v in vs[1:]:
+            M = torch.maximum(M, v)                                          # NaN propagates
+        ns = [(v != M).view(torch.uint8) for v in vs[:-1]]                   # 1: not the maximum
+        new = []
+        for L in locs:
+            Ls = [sl(L, dim, j, ax) for j in range(ax.k)]
+            acc = None
+            for j in reversed(range(ax.k - 1)):
+                diff = Ls[j + 1] - Ls[j]
+                acc = ns[j] * (diff if acc is None else diff + acc)
+            new.append(Ls[0] if acc is None else Ls[0] + acc)
+        acc = None
+        for n in reversed(ns):
+            acc = n if acc is None else n * (acc + 1)
+        new.append(torch.zeros(M.shape, dtype=torch.uint8, device=x.device) if acc is None else acc)
+        V, locs = M, new
+    if not bool(V.sum() > float("-inf")):                                    # a NaN or an all -inf window
+        return None
+    # flat = sum_a (o_a s_a - p_a + j_a d_a) * stride_a, stride_a = prod_{b > a} L_b
+    strides = [int(np.prod([b.L for b in axes[a + 1:]], dtype=np.int64)) for a in range(nd)]
+    base = torch.zeros((), dtype=torch.int64, device=x.device)
+    for a, ax in enumerate(axes):
+        pos = torch.arange(ax.O, device=x.device) * ax.s - ax.p
+        base = base + (pos * strides[a]).reshape((-1,) + (1,) * (nd - 1 - a))
+    j0 = locs[-1].movedim(-1, 1).to(torch.int64, memory_format=torch.contiguous_format)
+    flat = j0.mul_(axes[0].d * strides[0]).add_(base)                       # a fresh tensor: in place is safe
+    for a, j in zip(reversed(range(1, nd)), locs[:-1]):
+        flat = flat.add_(j.movedim(-1, 1), alpha=axes[a].d * strides[a])
+    return flat
+
+
 def _max_pool_selection(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.Tensor:
     """Flat spatial index of the element each window selects, shape ``(N, C, O_1 ... O_nd)``.
 
@@ -184,10 +260,14 @@ def _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size
     x = input if batched else input.unsqueeze(0)
     g = grad_output if batched else grad_output.unsqueeze(0)
     N, C = x.shape[:2]
-    idx = _max_pool_selection(x, axes).reshape(N, C, -1)
-    # dL/dx[i] = sum_{o : a(o) = i} g[o]   (scatter_add on fresh zeros: linear in g)
+    idx = _max_pool_selection_fast(x, axes) if MAX_POOL_FAST_PATH else None
+    if idx is None:
+        idx = _max_pool_selection(x, axes)
+    idx = idx.reshape(N, C, -1)
+    # dL/dx[i] = sum_{o : a(o) = i} g[o]   (scatter_add_ into fresh zeros: linear in g; in place
+    # on a tensor of our own saves the copy that the out-of-place scatter_add makes)
     zeros = torch.zeros(N, C, int(np.prod(S, dtype=np.int64)), dtype=g.dtype, device=g.device)
-    gx = torch.scatter_add(zeros, 2, idx, g.reshape(N, C, -1)).reshape(x.shape)
+    gx = zeros.scatter_add_(2, idx, g.reshape(N, C, -1)).reshape(x.shape)
     return (gx if batched else gx.squeeze(0),)
 
 

@@ -99,6 +99,66 @@ def test_symbolic_forwards_match_torch_on_small_samples():
             np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12, err_msg=s.name)
 
 
+# -- max pool: the fast separable selection against the general scan and torch's indices ------
+
+# (shape, params, fill): fill "ties" = integers in [-2, 2], "+inf" / "-inf" replace the 2s / -2s
+FAST = [
+    ((2, 3, 9), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), "ties"),
+    ((2, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1), "ties"),
+    ((1, 2, 7, 6), dict(kernel_size=(2, 3), stride=1, padding=(1, 0), dilation=(2, 1)), "ties"),
+    ((1, 3, 6, 6), dict(kernel_size=2), "+inf"),
+    ((1, 3, 6, 6), dict(kernel_size=3, stride=1, padding=1), "-inf"),
+    ((1, 2, 4, 5, 4), dict(kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=1, ceil_mode=True), "ties"),
+]
+
+
+@pytest.mark.parametrize("shape,params,fill", FAST, ids=[f"{len(c[0]) - 2}d-{c[2]}-{i}" for i, c in enumerate(FAST)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontig"])
+def test_max_pool_fast_selection_is_the_general_scan(shape, params, fill, layout):
+    from gradcheck_kit.manual import pooling as P
+
+    nd = len(shape) - 2
+    x = torch.randint(-2, 3, shape, generator=torch.Generator().manual_seed(0)).double()
+    if fill in ("+inf", "-inf"):
+        x[x == (2 if fill == "+inf" else -2)] = float(fill)
+    if layout == "channels_last" and nd == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "noncontig":
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+    axes = P._max_pool_axes("t", nd, x, params["kernel_size"], params.get("stride"), params.get("padding", 0),
+                            params.get("dilation", 1), params.get("ceil_mode", False))
+    fast = P._max_pool_selection_fast(x, axes)
+    _, ref = getattr(F, f"max_pool{nd}d")(x, return_indices=True, **params)
+    assert fast is not None
+    assert torch.equal(fast, ref)
+    assert torch.equal(P._max_pool_selection(x, axes), ref)
+
+
+@pytest.mark.parametrize("bad", ["nan", "all -inf window"])
+def test_max_pool_fast_selection_declines_nan_and_all_minus_inf(bad):
+    from gradcheck_kit.manual import pooling as P
+
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    if bad == "nan":
+        x[0, 1, 2, 3] = NAN
+    else:
+        x[0, 0, :2, :2] = -INF
+    axes = P._max_pool_axes("t", 2, x, 2, None, 0, 1, False)
+    assert P._max_pool_selection_fast(x, axes) is None       # the caller falls back to the full scan
+    mine, ref = _both("max_pool2d", x, kernel_size=2)
+    assert torch.equal(mine, ref)
+
+
+def test_max_pool_general_scan_alone_matches_autograd(monkeypatch):
+    from gradcheck_kit.manual import pooling as P
+
+    monkeypatch.setattr(P, "MAX_POOL_FAST_PATH", False)
+    for name in ("max_pool1d", "max_pool2d", "max_pool3d"):
+        rule = manual.get(name)
+        for s in rule.samples():
+            check_backward(rule, s.args, s.kwargs)
+
+
 # -- average pool: ceil_mode divisors ---------------------------------------------------
 
 # 1-d, input of length 6, g = ones: dL/dx[i] = sum over the windows w containing i of 1 / div(w)
