@@ -14,7 +14,11 @@
       dh = da * 1[h > 0]  (relu'(0) = 0, torch's convention);  (dx, dw1) = conv2d backward of dh at x
 
   ``conv_relu_conv_loss_and_grads`` computes the loss and the gradients asked for in one
-  pass, reusing the forward's intermediates (the cases and the benchmark use it).
+  pass, reusing the forward's intermediates (the cases and the benchmark use it), as do
+  ``strided_conv_loss_and_grads`` (problem 1) and ``conv_strided_loss_and_grads`` (problem 2).
+  With ``fast=True`` (the default) they pick a formulation per shape (section "same
+  convolutions" below; windows that tile z in ``_tiled_conv_backward``); ``fast=False`` runs
+  each step through the conv2d rule.  Both are public, differentiable ops throughout.
 
 * ``unfold_conv2d(input, weight, bias, stride, padding, dilation)`` (seed 001): the im2col
   convolution ``W_flat @ unfold(x) + b[:, None]`` viewed as ``[N, C_out, H', W']``; equals

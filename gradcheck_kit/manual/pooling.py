@@ -16,6 +16,12 @@ padding.  All the pooling operators are separable over the spatial axes.
   windows in the channels past the last full vector; the rule follows the contiguous
   kernel there.)  A window lying wholly in the padding (possible with dilation) is
   refused: torch indexes out of bounds there.
+  Speed: ``_max_pool_selection_fast`` finds the same element with a separable, channels-last
+  first-maximum (a few vector ops per axis) whenever no window holds a NaN or only ``-inf``
+  (detected from the window maxima); otherwise the full scan ``_max_pool_selection`` runs.
+  torch's own ``return_indices`` are NOT used: the rule stays an independent check of the
+  kernel under test, and the backward never sees the forward's results, so recomputing the
+  selection (the cost of about one more forward on CPU) is the price of that independence.
 * average pool: ``y = (A_1 (x) A_2 (x) A_3) x / div`` with ``A_a[o, i] = 1[i in window o]``
   a 0/1 matrix per axis, so ``dL/dx = (A_1^T (x) A_2^T (x) A_3^T) (g / div)``: the
   adjoint, one matmul per axis.  torch's divisor: ``divisor_override`` if given, else
@@ -126,7 +132,6 @@ def _check_grad(op: str, grad_output, shape) -> None:
 #: Route max-pool backwards through ``_max_pool_selection_fast`` when it applies (no NaN,
 #: no all ``-inf`` window).  Set to False to force the general scan (tests compare both).
 MAX_POOL_FAST_PATH = True
-_CL_COPY = True
 
 
 def _max_pool_selection_fast(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.Tensor | None:
@@ -156,7 +161,7 @@ def _max_pool_selection_fast(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.
             buf.narrow(dim, lo + ax.L, hi).fill_(float("-inf"))
         buf[(slice(None), *[slice(lo, lo + ax.L) for ax, (lo, _) in zip(axes, pads)])] = xl
         xl = buf
-    elif _CL_COPY:
+    else:
         xl = xl.contiguous()                                                 # free for channels_last input
 
     def sl(t, dim, j, ax):
@@ -188,15 +193,16 @@ def _max_pool_selection_fast(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.
         return None
     # flat = sum_a (o_a s_a - p_a + j_a d_a) * stride_a, stride_a = prod_{b > a} L_b
     strides = [int(np.prod([b.L for b in axes[a + 1:]], dtype=np.int64)) for a in range(nd)]
-    base = torch.zeros((), dtype=torch.int64, device=x.device)
+    # computed channels-last in int32 (vector ops), one final int64 pass back to (N, C, O...)
+    idt = torch.int32 if int(np.prod([ax.L for ax in axes], dtype=np.int64)) < 2 ** 31 else torch.int64
+    base = torch.zeros((), dtype=idt, device=x.device)
     for a, ax in enumerate(axes):
-        pos = torch.arange(ax.O, device=x.device) * ax.s - ax.p
-        base = base + (pos * strides[a]).reshape((-1,) + (1,) * (nd - 1 - a))
-    j0 = locs[-1].movedim(-1, 1).to(torch.int64, memory_format=torch.contiguous_format)
-    flat = j0.mul_(axes[0].d * strides[0]).add_(base)                       # a fresh tensor: in place is safe
+        pos = torch.arange(ax.O, device=x.device, dtype=idt) * ax.s - ax.p
+        base = base + (pos * strides[a]).reshape((-1,) + (1,) * (nd - a))   # (O_1 .. O_nd, 1)
+    flat = torch.add(base, locs[-1], alpha=axes[0].d * strides[0])           # a fresh tensor: in place is safe
     for a, j in zip(reversed(range(1, nd)), locs[:-1]):
-        flat = flat.add_(j.movedim(-1, 1), alpha=axes[a].d * strides[a])
-    return flat
+        flat.add_(j, alpha=axes[a].d * strides[a])
+    return flat.movedim(-1, 1).to(torch.int64, memory_format=torch.contiguous_format)
 
 
 def _max_pool_selection(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.Tensor:
