@@ -140,7 +140,18 @@ def _class_target_dlogp(grad_output, input, target, weight, ignore_index, reduct
 def _scatter_dlogp(base: torch.Tensor, index, on_target, spread, cd) -> torch.Tensor:
     """base + dL/dlogp, from the pieces of ``_class_target_dlogp`` (``base`` is a fresh tensor)."""
     out = base.scatter_add_(cd, index, on_target.unsqueeze(cd))
-    return out if spread is None else out + spread
+    # scatter_add_'s backward keeps only the index and add_'s nothing: in place stays differentiable
+    return out if spread is None else out.add_(spread)
+
+
+def _mul_fresh(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``t * s`` for a tensor ``t`` the caller just created: in place when autograd records no
+    graph through it; out of place otherwise, since ops such as softmax save their output
+    (writing it in place would break the double backward)."""
+    if (torch.is_grad_enabled() and (t.requires_grad or s.requires_grad)) or s.dtype != t.dtype \
+            or torch.broadcast_shapes(t.shape, s.shape) != t.shape:
+        return t * s
+    return t.mul_(s)
 
 
 def _softmax_dim(input: torch.Tensor, dim) -> int:
@@ -157,7 +168,7 @@ def _softmax_backward(grad_output, y, dim) -> torch.Tensor:
 
 def _log_softmax_backward(grad_output, logp, dim) -> torch.Tensor:
     """logp = log_softmax(x): dL/dx = g - softmax(x) * sum_dim(g)."""
-    return grad_output - logp.exp() * grad_output.sum(dim, keepdim=True)
+    return grad_output - _mul_fresh(logp.exp(), grad_output.sum(dim, keepdim=True))
 
 
 # ---------------------------------------------------------------------------
@@ -696,7 +707,8 @@ def cross_entropy_backward(grad_output, input, target, weight=None, *, needs_inp
             # _log_softmax_backward(dlogp) = dlogp - softmax(x) sum_c dlogp, with the class sum known
             index, on_target, spread, row_sum = _class_target_dlogp(grad_output, input, target, weight,
                                                                     ignore_index, reduction, label_smoothing, op)
-            gx = _scatter_dlogp(torch.softmax(input, cd) * -row_sum.unsqueeze(cd), index, on_target, spread, cd)
+            gx = _scatter_dlogp(_mul_fresh(torch.softmax(input, cd), -row_sum.unsqueeze(cd)), index, on_target,
+                                spread, cd)
         return gx, None, None
 
     if not target.is_floating_point():

@@ -235,3 +235,21 @@ def test_cuda_losses_match_autograd(name):
             check_backward(rule, s.args, s.kwargs)
             if dtype == f64:
                 check_double_backward(rule, s.args, s.kwargs)
+
+
+def test_cross_entropy_in_place_fast_path_equals_the_recorded_path():
+    # with no graph recorded, the rule scales softmax(x) in place; recorded, out of place (softmax
+    # saves its output): same values, inputs untouched
+    rule = manual.get("cross_entropy")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    t = torch.tensor([0, 3, -100, 1, 2])
+    x0 = x.clone()
+    for kw in ({}, {"label_smoothing": 0.2, "reduction": "sum"}):
+        g = torch.tensor(0.7, dtype=torch.float64)
+        fast = rule.backward(g, x, t, **kw)[0]
+        xr = x.clone().requires_grad_()
+        recorded = rule.backward(g.clone().requires_grad_(), xr, t, **kw)[0]
+        assert recorded.requires_grad
+        torch.testing.assert_close(fast, recorded.detach(), rtol=0, atol=1e-15)
+    assert torch.equal(x, x0)

@@ -154,3 +154,71 @@ def test_cuda_normalization_matches_autograd(name):
             check_backward(rule, s.args, s.kwargs)
             if dtype == f64:
                 check_double_backward(rule, s.args, s.kwargs)
+
+
+@pytest.mark.parametrize("ratio,offset", [(float("inf"), 0.0), (0.0, 0.0), (0.0, 1e3), (None, 1e3)],
+                         ids=["one_pass,mean0", "centred,mean0", "centred,mean1e3", "default,mean1e3"])
+def test_batch_norm_training_both_statistics_paths_match_autograd(monkeypatch, ratio, offset):
+    # the rule takes one-pass statistics (E[x^2] - mu^2) only for well-conditioned channels; force
+    # each path on a centred input, and check that a mean dwarfing the spread (one-pass would lose
+    # ~20 bits) gets the centred path by default
+    from gradcheck_kit.manual import normalization
+    if ratio is not None:
+        monkeypatch.setattr(normalization, "ONE_PASS_MAX_RATIO", ratio)
+    rule = manual.get("batch_norm")
+    x, rm, rv, w, b = _bn_args((3, 2, 2, 2))
+    x = x + offset
+    check_backward(rule, (x, rm, rv, w, b), {"training": True})
+    check_double_backward(rule, (x, rm, rv, w, b), {"training": True})
+
+
+def test_batch_norm_float32_large_mean_takes_the_stable_path():
+    # mean 1e3, spread 1: one-pass E[x^2] - mu^2 in float32 would lose ~20 bits; the rule must not
+    rule = manual.get("batch_norm")
+    g32 = _gen(5)
+    x = torch.randn(8, 3, 4, 4, generator=g32) + 1e3
+    w, b = torch.rand(3, generator=g32) + 0.5, torch.randn(3, generator=g32)
+    g = torch.randn(x.shape, generator=g32)
+    gx, _, _, gw, _ = rule.backward(g, x, None, None, w, b, training=True)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    rx, rw = torch.autograd.grad(F.batch_norm(xd, None, None, wd, b.double(), training=True), (xd, wd), g.double())
+    torch.testing.assert_close(gx.double(), rx, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(gw.double(), rw, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("ratio,offset", [(float("inf"), 0.0), (0.0, 0.0), (None, 1e3)],
+                         ids=["one_pass,mean0", "centred,mean0", "default,mean1e3"])
+def test_layer_norm_both_statistics_paths_match_autograd(monkeypatch, ratio, offset):
+    from gradcheck_kit.manual import normalization
+    if ratio is not None:
+        monkeypatch.setattr(normalization, "ONE_PASS_MAX_RATIO", ratio)
+    rule = manual.get("layer_norm")
+    gen = _gen(4)
+    x = torch.randn(3, 2, 4, dtype=f64, generator=gen) + offset
+    w, b = torch.rand(2, 4, dtype=f64, generator=gen) + 0.5, torch.randn(2, 4, dtype=f64, generator=gen)
+    for args in ((x, w, b), (x, None, b)):
+        check_backward(rule, args, {"normalized_shape": (2, 4)})
+    check_double_backward(rule, (x, w, b), {"normalized_shape": (2, 4)})
+
+
+def test_layer_norm_empty_and_constant_rows():
+    rule = manual.get("layer_norm")
+    x = torch.zeros(3, 6, dtype=f64)
+    x[1] = 5.0  # zero and constant rows: var = 0, r = 1/sqrt(eps)
+    w = torch.rand(6, dtype=f64, generator=_gen(2)) + 0.5
+    check_backward(rule, (x, w, None), {"normalized_shape": (6,)})
+    check_double_backward(rule, (x, w, None), {"normalized_shape": (6,)})
+    e = torch.zeros(0, 6, dtype=f64)
+    gx, gw, _ = rule.backward(e, e, w, None, normalized_shape=(6,))
+    assert gx.shape == (0, 6) and torch.equal(gw, torch.zeros(6, dtype=f64))
+
+
+def test_batch_norm_zero_rows_and_constant_channel():
+    # all-zero (n, c) rows (the vector_norm statistics path) and a constant channel (var = 0)
+    rule = manual.get("batch_norm")
+    x, rm, rv, w, b = _bn_args((3, 3, 2, 2))
+    x[0, 0] = 0.0
+    x[:, 2] = 4.0
+    for args in ((x, rm, rv, w, b), (x.contiguous(memory_format=torch.channels_last), rm, rv, w, b)):
+        check_backward(rule, args, {"training": True})
+        check_double_backward(rule, args, {"training": True})
