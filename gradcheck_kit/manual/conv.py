@@ -28,15 +28,24 @@ weight gradient the group axis moves from x's channel axis into its batch axis
 (``[N, G*Cg] -> [Cg, G*N]``), which becomes the channel axis of the swapped
 convolution, and that convolution runs with the same ``groups``.
 
-Two shapes have a cheaper exact formulation of the same weight-gradient sum, picked by
-``weight_grad_formulation``:
+Cheaper exact formulations of the same weight-gradient sum, picked per shape by
+``weight_grad_formulation`` (timings in BENCHMARKS.md):
 
 * ``"pointwise"``: K = 1 and no padding: ``dL/dw[o, c] = sum_{n, j} x[n, c, j s] g[n, o, j]``,
   one matmul (einsum) of the strided input against g.
 * ``"patches"``: stride == K, dilation 1, no padding: the windows tile the input, so
   ``x[n, c, j K + k]`` is a reshape ``x[n, c, j, k]`` and
   ``dL/dw[o, c, k] = sum_{n, j} x[n, c, j, k] g[n, o, j]`` is one einsum.
-* ``"swapped_conv"``: everything else.
+* ``"shifted_gemm"``: stride 1, dilation 1, one group, at most 9 kernel taps: one batched
+  GEMM per tap, ``dL/dw[:, :, k] = sum_n g[n] @ x_pad[n, :, k + j]^T``, over flat views of
+  the padded input (no im2col copy).  In N-d the input is padded (plus one spare zero row)
+  and flattened per channel, g is zero-padded to the padded input's extent in every spatial
+  axis but the first and flattened too; tap ``k`` is then the flat offset
+  ``sum_i k_i * stride_i`` of the padded layout, and g's zero padding cancels the positions
+  where a flat view wraps into the next row.
+* ``"swapped_conv"``: everything else.  With one input channel per group (depthwise) the
+  batch joins the groups instead of the channels: ``[1, N C, *L] * [N C_out, 1, *out]``
+  with ``N C`` groups, summed over N afterwards; no transposes (oneDNN's depthwise kernel).
 
 ``conv_transpose(x, w)`` is the adjoint of ``conv(., w)`` with the same stride, padding,
 dilation and groups (its weight has the conv layout ``[C_in, C_out/G, K]`` read the
@@ -49,6 +58,7 @@ other way round), so::
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -210,12 +220,15 @@ def _input_grad(geo: _Geometry, g: torch.Tensor, weight: torch.Tensor, in_spatia
 # into the batch of a stride-1 swapped conv (polyphase), channels_last operands, one matmul
 # per kernel tap, Tensor.unfold windows + einsum.
 def weight_grad_formulation(geo: _Geometry) -> str:
-    """Which exact formulation ``_weight_grad`` uses: pointwise, patches or swapped_conv."""
+    """Which exact formulation ``_weight_grad`` uses: pointwise, patches, shifted_gemm or swapped_conv."""
     unpadded = all(lo == 0 and hi == 0 for lo, hi in geo.pads)
     if unpadded and all(k == 1 for k in geo.kernel):
         return "pointwise"
     if unpadded and geo.stride == geo.kernel and all(d == 1 or k == 1 for d, k in zip(geo.dilation, geo.kernel)):
         return "patches"
+    if (geo.groups == 1 and all(s == 1 for s in geo.stride) and all(d == 1 for d in geo.dilation)
+            and math.prod(geo.kernel) <= 9):  # more taps: one GEMM each loses to swapped_conv (conv3d 3x3x3)
+        return "shifted_gemm"
     return "swapped_conv"
 
 
@@ -255,6 +268,27 @@ def _weight_grad_patches(geo: _Geometry, x: torch.Tensor, g: torch.Tensor) -> to
     return torch.einsum(spec, xs, gs).reshape(c_out, c_in // grp, *geo.kernel)
 
 
+def _weight_grad_shifted_gemm(geo: _Geometry, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Stride 1, dilation 1, one group: dL/dw[:, :, k] = sum_n g[n] @ x_pad[n, :, k + j]^T, one
+    batched GEMM per tap over flat views of the padded x (see the module doc)."""
+    n, c = x.shape[:2]
+    o = g.shape[1]
+    pads = [list(p) for p in geo.pads]
+    pads[0][1] += 1                       # one spare zero row: the last tap's flat view stays in bounds
+    xp = F.pad(x, tuple(v for lo_hi in reversed(pads) for v in lo_hi))
+    padded, out = xp.shape[2:], g.shape[2:]
+    # g zero-padded to x_pad's extent in every spatial axis but the first: cancels the wrap-around
+    gp = F.pad(g, tuple(v for i in reversed(range(1, geo.dims)) for v in (0, padded[i] - out[i])))
+    span = out[0] * math.prod(padded[1:])
+    gf, xf = gp.reshape(n, o, span), xp.reshape(n, c, -1)
+    strides = [math.prod(padded[i + 1:]) for i in range(geo.dims)]
+    taps = []
+    for tap in itertools.product(*(range(k) for k in geo.kernel)):
+        off = sum(t * s for t, s in zip(tap, strides))
+        taps.append(torch.bmm(gf, xf[:, :, off:off + span].transpose(1, 2)).sum(0))    # [C_out, C_in]
+    return torch.stack(taps, dim=-1).view(o, c, *geo.kernel)
+
+
 def _weight_grad_swapped_conv(geo: _Geometry, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """dL/dw = conv(x_pad^T, g^T, stride=dilation, dilation=stride, groups)^T, cropped to K.
 
@@ -264,6 +298,10 @@ def _weight_grad_swapped_conv(geo: _Geometry, x: torch.Tensor, g: torch.Tensor) 
     n, c_in = x.shape[:2]
     spatial = tuple(x.shape[2:])
     grp = geo.groups
+    if grp > 1 and c_in == grp:
+        # one input channel per group: batch and channels together are the N C groups,
+        # [1, N C, *L] * [N C_out, 1, *out] -> [1, N C_out, *K'], summed over N (no transposes)
+        return _weight_grad_batch_groups(geo, x, g)
     xs = x.reshape(n, grp, c_in // grp, *spatial).transpose(0, 2).reshape(c_in // grp, grp * n, *spatial)
     if geo.symmetric:
         pad = tuple(lo for lo, _ in geo.pads)
@@ -275,7 +313,24 @@ def _weight_grad_swapped_conv(geo: _Geometry, x: torch.Tensor, g: torch.Tensor) 
 
 
 _WEIGHT_GRAD = {"pointwise": _weight_grad_pointwise, "patches": _weight_grad_patches,
-                "swapped_conv": _weight_grad_swapped_conv}
+                "shifted_gemm": _weight_grad_shifted_gemm, "swapped_conv": _weight_grad_swapped_conv}
+
+
+def _weight_grad_batch_groups(geo: _Geometry, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Depthwise (C_in == groups, multiplier m = C_out / C_in): dL/dw[o, 0, k] =
+    sum_n conv(x[n, o // m], g[n, o]) with stride <-> dilation, as one grouped convolution."""
+    n, c_in = x.shape[:2]
+    c_out = g.shape[1]
+    xs = x.reshape(1, n * c_in, *x.shape[2:])
+    if geo.symmetric:
+        pad = tuple(lo for lo, _ in geo.pads)
+    else:
+        xs = F.pad(xs, tuple(v for lo_hi in reversed(geo.pads) for v in lo_hi))
+        pad = (0,) * geo.dims
+    gs = g.reshape(n * c_out, 1, *g.shape[2:])
+    gw = _CONV[geo.dims](xs, gs, None, geo.dilation, pad, geo.stride, n * c_in)    # [1, N C_out, *K']
+    gw = gw.reshape(n, c_out, 1, *gw.shape[2:]).sum(0)
+    return _crop(gw, (0,) * geo.dims, geo.kernel)
 
 
 def _bias_grad(g: torch.Tensor) -> torch.Tensor:
