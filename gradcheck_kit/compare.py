@@ -739,6 +739,8 @@ class _Device:
 
     def _tol(self, dtype, scale, kind, order=1):
         atol, rtol = tolerances(dtype, scale, reference=kind, order=order)
+        if kind == "fd":  # a central difference cannot resolve less than its rounding noise ~ eps |f| / h
+            atol = max(atol, getattr(self, "_fd_noise", 0.0))
         if self.user_atol is not None:
             atol = float(self.user_atol)
         if self.user_rtol is not None:
@@ -769,6 +771,7 @@ class _Device:
         # Cost of one loss evaluation, in input elements: deterministic, unlike a timing.
         per_eval = sum(t.numel() for t in tensors.values() if isinstance(t, torch.Tensor))
         f0 = float(out0.double())
+        self._fd_noise = 10 * 2.220446049250313e-16 * abs(f0) / self.fd_eps
         if not math.isfinite(f0):
             raise NonFiniteReferenceError(f"the loss itself is {f0} at the given inputs, so finite differences "
                                           f"cannot be taken.")

@@ -448,3 +448,24 @@ def test_repeated_backward_reports_nondeterminism_separately():
     assert rep.ok and len(calls) == 2
     assert r.nondeterminism == pytest.approx(1e-13, rel=1e-3) and r.max_abs_err == 0
     assert any("nondeterministic" in n for n in rep.notes)
+
+
+def test_fd_tolerance_has_a_rounding_noise_floor_for_tiny_gradients():
+    # Saturated tanh (the lecture's all-positive inputs): gradients ~1e-9 while the loss is ~1.
+    # A central difference cannot resolve below eps |f| / h ~ 1e-10, so a correct gradient passes
+    # against finite differences, and a wrong one (sign flipped) is still caught.
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(20, 10, generator=g, dtype=torch.float64) * 4
+    x = torch.rand(10, generator=g, dtype=torch.float64) * 4
+
+    def loss(w, x):
+        return torch.tanh(w @ x).sum()
+
+    def manual(w, x):
+        d = 1 - torch.tanh(w @ x) ** 2
+        return {"w": torch.outer(d, x), "x": w.t() @ d}
+
+    assert check(loss, {"w": w, "x": x}, manual, reference="fd").ok
+    x_big = torch.rand(10, generator=g, dtype=torch.float64) * 0.1
+    bad = lambda w, x: {k: -v for k, v in manual(w, x).items()}  # noqa: E731
+    assert not check(loss, {"w": w, "x": x_big}, bad, reference="fd").ok
