@@ -144,3 +144,22 @@ def check_double_backward(rule: Rule, args, kwargs, *, seed: int = 1):
     names = [n for n, m in zip(rule.tensor_args, mask) if m] + ["grad_output"]
     for r, m, name in zip(ref, got, names):
         _close(m, r, g0.dtype, f"{rule.name} second derivative wrt {name}")
+
+
+def check_symbolic_forward(rule: Rule, max_numel: int):
+    """The rule's sympy forward, evaluated at the sample's values, equals torch's forward
+    (samples whose first argument has more than ``max_numel`` elements are skipped)."""
+    import numpy as np
+    import sympy
+
+    for s in rule.samples():
+        x = s.args[0]
+        if x.numel() > max_numel:
+            continue
+        syms = sympy.symbols(f"x0:{x.numel()}")
+        out = rule.symbolic(np.array(syms, dtype=object).reshape(tuple(x.shape)), **s.kwargs)
+        ref = rule.forward(x, **s.kwargs)
+        vals = {v: sympy.Float(t, 30) for v, t in zip(syms, x.reshape(-1).tolist())}
+        got = np.array([float(sympy.sympify(e).xreplace(vals)) for e in out.reshape(-1)]).reshape(out.shape)
+        assert got.shape == tuple(ref.shape), s.name
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12, err_msg=s.name)

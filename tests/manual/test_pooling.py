@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from gradcheck_kit import manual
 from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, UnsupportedError
-from tests.manual._rulecheck import check_backward, check_double_backward
+from tests.manual._rulecheck import check_symbolic_forward, check_backward, check_double_backward
 
 INF, NAN = float("inf"), float("nan")
 
@@ -85,18 +85,7 @@ def test_max_pool_symbolic_is_piecewise_first_max():
 
 def test_symbolic_forwards_match_torch_on_small_samples():
     for name in ("max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool2d"):
-        rule = manual.get(name)
-        for s in rule.samples():
-            x = s.args[0]
-            if x.numel() > 40:
-                continue
-            syms = sympy.symbols(f"x0:{x.numel()}")
-            out = rule.symbolic(np.array(syms, dtype=object).reshape(tuple(x.shape)), **s.kwargs)
-            ref = rule.forward(x, **s.kwargs)
-            vals = {v: sympy.Float(t, 30) for v, t in zip(syms, x.reshape(-1).tolist())}
-            got = np.array([float(sympy.sympify(e).xreplace(vals)) for e in out.reshape(-1)]).reshape(out.shape)
-            assert got.shape == tuple(ref.shape), s.name
-            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12, err_msg=s.name)
+        check_symbolic_forward(manual.get(name), max_numel=40)
 
 
 # -- max pool: the fast separable selection against the general scan and torch's indices ------

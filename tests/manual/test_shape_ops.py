@@ -1,15 +1,13 @@
 """unfold / fold / pad beyond the generic test: adjointness, edge rules, nn.ConvNd padding modes."""
 
-import numpy as np
 import pytest
-import sympy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gradcheck_kit import manual
 from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, UnsupportedError
-from tests.manual._rulecheck import check_backward, check_double_backward
+from tests.manual._rulecheck import check_symbolic_forward, check_backward, check_double_backward
 
 UNFOLD_CONFIGS = [
     ((2, 3, 5, 6), dict(kernel_size=2)),
@@ -91,18 +89,7 @@ def test_pad_rule_reproduces_conv_padding_mode_gradients(nd, padding_mode):
 
 def test_symbolic_forwards_match_torch_on_small_samples():
     for name in ("unfold", "fold", "pad"):
-        rule = manual.get(name)
-        for s in rule.samples():
-            x = s.args[0]
-            if x.numel() > 60:
-                continue
-            syms = sympy.symbols(f"x0:{x.numel()}")
-            out = rule.symbolic(np.array(syms, dtype=object).reshape(tuple(x.shape)), **s.kwargs)
-            ref = rule.forward(x, **s.kwargs)
-            vals = {v: sympy.Float(t, 30) for v, t in zip(syms, x.reshape(-1).tolist())}
-            got = np.array([float(sympy.sympify(e).xreplace(vals)) for e in out.reshape(-1)]).reshape(out.shape)
-            assert got.shape == tuple(ref.shape), s.name
-            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12, err_msg=s.name)
+        check_symbolic_forward(manual.get(name), max_numel=60)
 
 
 # -- bad input ----------------------------------------------------------------------
