@@ -16,10 +16,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from harness import (cpu_peak_bytes_subprocess, cpu_peak_supported, cuda_peak_bytes, time_once,
                      time_pair)
