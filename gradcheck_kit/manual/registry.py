@@ -16,6 +16,32 @@ Contract of a rule (other parts of the kit depend on it):
 * ``rule.samples(device, dtype)`` yields ``Sample(args, kwargs, name)``.
 * ``rule.symbolic(*arrays, **params)`` (optional) is the forward over numpy object
   arrays of sympy expressions, used by ``gradcheck_kit.derive``.
+
+Extensions (all optional, so the positional contract above keeps working):
+
+* **Keyword tensors.** ``register(..., keyword_tensors=("weight",))`` declares keyword
+  parameters that may hold differentiable tensors (``mse_loss(..., weight=w)``).  The
+  backward implementation then also receives ``needs_keyword_grad={"weight": bool}``
+  and returns its positional gradients followed by one ``dict`` of keyword gradients.
+  ``rule.backward`` always returns a ``Grads``: a tuple (one entry per positional
+  argument) whose ``.keywords`` maps each declared keyword tensor that was passed to its
+  gradient (or ``None``).  ``rule.all_grads(...)`` gives one ``{name: grad}`` dict.
+* **Saved forward results.** ``register(..., save=fn)``: ``fn(*args, **params)`` runs
+  the forward and returns ``(output, saved)`` where ``saved`` is a dict of tensors the
+  backward can reuse (the output, max-pool indices, batch-norm statistics), as
+  ``derivatives.yaml`` gives its formulas ``result``.  The backward implementation then
+  accepts ``saved=None`` and must give the same answer with or without it.
+  ``rule.forward_saved(*args, **params)`` returns ``(output, saved)`` for every rule
+  (``saved`` is ``{}`` where the rule declares nothing), and ``rule.backward(...,
+  saved=...)`` passes it on only to rules that take it.
+* **Aliases.** ``register(..., aliases=(torch.flatten, torch.Tensor.flatten))``: other
+  torch callables (functions or ``torch.Tensor`` methods) that compute the same thing
+  with the same tensor arguments first, so ``x.permute(...)``, ``torch.permute(x, ...)``
+  map onto one rule.  ``rule.mirrors_all`` lists the dotted names of all of them.
+
+``needs_input_grad`` given to a backward implementation always has one entry per
+declared tensor argument (``False`` for arguments not passed), so an implementation may
+index it by position whatever the caller omitted.
 """
 
 from __future__ import annotations
@@ -26,7 +52,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["Sample", "Rule", "register", "get", "names", "rules"]
+__all__ = ["Sample", "Rule", "Grads", "register", "get", "names", "rules", "for_callable"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,17 @@ class Sample:
         args = ", ".join(describe(a) for a in self.args)
         kw = ", ".join(f"{k}={describe(v)}" for k, v in self.kwargs.items())
         return f"Sample({self.name}: {args}{', ' if kw else ''}{kw})"
+
+
+class Grads(tuple):
+    """A rule's gradients: one entry per positional argument, plus ``.keywords`` for keyword tensors."""
+
+    keywords: dict
+
+    def __new__(cls, positional, keywords=None):
+        obj = super().__new__(cls, positional)
+        obj.keywords = dict(keywords or {})
+        return obj
 
 
 def _is_float_tensor(x: Any) -> bool:
@@ -63,24 +100,51 @@ class Rule:
     nondifferentiable: frozenset[str] = field(default_factory=frozenset)
     differentiable_backward: bool = True
     doc: str = ""
+    keyword_tensors: tuple[str, ...] = ()
+    save_impl: Callable | None = None
+    aliases: tuple = ()
 
     # -- contract -----------------------------------------------------------
     def forward(self, *args, **params):
         fn = self.forward_impl or self.torch_fn
         return fn(*args, **params)
 
-    def backward(self, grad_output, *args, needs_input_grad: Sequence[bool] | None = None, **params):
+    def backward(self, grad_output, *args, needs_input_grad: Sequence[bool] | None = None, saved: dict | None = None,
+                 **params) -> Grads:
         n = len(self.tensor_args)
         if len(args) > n:
             raise TypeError(f"{self.name}: backward takes at most {n} positional arguments "
                             f"{self.tensor_args}, got {len(args)}")
         wanted = self._needs(args, needs_input_grad)
-        grads = self.backward_impl(grad_output, *args, needs_input_grad=wanted, **params)
-        grads = tuple(grads)
+        # One entry per declared tensor argument, so implementations may index any position.
+        padded = wanted + (False,) * (n - len(wanted))
+        extra = {}
+        if self.keyword_tensors:
+            extra["needs_keyword_grad"] = {k: _is_float_tensor(params.get(k)) and k not in self.nondifferentiable
+                                           for k in self.keyword_tensors}
+        if self.save_impl is not None and saved is not None:
+            extra["saved"] = saved
+        grads = tuple(self.backward_impl(grad_output, *args, needs_input_grad=padded, **extra, **params))
+        keywords = {}
+        if grads and isinstance(grads[-1], dict):
+            keywords, grads = grads[-1], grads[:-1]
         if len(grads) < len(args):
             raise RuntimeError(f"rule {self.name!r} returned {len(grads)} gradients for {len(args)} arguments")
         # Entries nobody asked for, or that cannot have a gradient, are None.
-        return tuple(g if w else None for g, w in zip(grads[: len(args)], wanted))
+        kw = {k: (keywords.get(k) if extra["needs_keyword_grad"][k] else None)
+              for k in self.keyword_tensors if params.get(k) is not None} if self.keyword_tensors else {}
+        return Grads((g if w else None for g, w in zip(grads[: len(args)], wanted)), kw)
+
+    def all_grads(self, grad_output, *args, **params) -> dict:
+        """``{argument name: gradient}`` for positional and keyword tensors alike."""
+        grads = self.backward(grad_output, *args, **params)
+        return {**dict(zip(self.tensor_args, grads)), **grads.keywords}
+
+    def forward_saved(self, *args, **params) -> tuple[Any, dict]:
+        """``(output, saved)``: the forward, plus what the backward may reuse (``{}`` if nothing)."""
+        if self.save_impl is None:
+            return self.forward(*args, **params), {}
+        return self.save_impl(*args, **params)
 
     def samples(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> list[Sample]:
         return list(self.sample_fn(device=torch.device(device), dtype=dtype))
@@ -125,6 +189,11 @@ class Rule:
         return f"{getattr(fn, '__module__', None) or 'torch'}.{getattr(fn, '__qualname__', self.name)}"
 
     @property
+    def mirrors_all(self) -> list[str]:
+        """Dotted names of every torch callable this rule stands for: the function, then its aliases."""
+        return [self.mirrors_name] + [_dotted(a) for a in self.aliases]
+
+    @property
     def has_symbolic(self) -> bool:
         return self.symbolic is not None
 
@@ -132,12 +201,28 @@ class Rule:
         return f"Rule({self.name!r} mirrors {self.mirrors_name}, args={self.tensor_args})"
 
 
+def _dotted(fn) -> str:
+    """``torch.Tensor.permute``, ``torch.nn.functional.relu``, ``torch.flatten``."""
+    import torch.nn.functional as F
+
+    name = getattr(fn, "__name__", repr(fn))
+    if getattr(torch.Tensor, name, None) is fn:
+        return f"torch.Tensor.{name}"
+    for prefix, namespace in (("torch.nn.functional", F), ("torch", torch), ("torch.linalg", torch.linalg),
+                              ("torch.special", torch.special)):
+        if getattr(namespace, name, None) is fn:
+            return f"{prefix}.{name}"
+    return f"{getattr(fn, '__module__', None) or 'torch'}.{getattr(fn, '__qualname__', name)}"
+
+
 _REGISTRY: dict[str, Rule] = {}
+_BY_CALLABLE: dict[Any, str] = {}
 
 
 def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], samples: Callable,
              forward: Callable | None = None, symbolic: Callable | None = None,
-             nondifferentiable: Iterable[str] = (), differentiable_backward: bool = True):
+             nondifferentiable: Iterable[str] = (), differentiable_backward: bool = True,
+             keyword_tensors: Sequence[str] = (), save: Callable | None = None, aliases: Sequence[Callable] = ()):
     """Decorator registering ``backward`` as the explicit backward of ``torch_fn``.
 
     ::
@@ -161,7 +246,14 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
             nondifferentiable=frozenset(nondifferentiable),
             differentiable_backward=differentiable_backward,
             doc=(backward.__doc__ or "").strip(),
+            keyword_tensors=tuple(keyword_tensors),
+            save_impl=save,
+            aliases=tuple(aliases),
         )
+        for fn in (getattr(torch_fn, "mirrors", torch_fn), *aliases):
+            if fn in _BY_CALLABLE and _BY_CALLABLE[fn] != name:
+                raise RuntimeError(f"{_dotted(fn)} is mirrored by both {_BY_CALLABLE[fn]!r} and {name!r}")
+            _BY_CALLABLE.setdefault(fn, name)
         return backward
 
     return deco
@@ -189,13 +281,38 @@ def rules() -> list[Rule]:
     return [_REGISTRY[n] for n in names()]
 
 
-_FAMILIES = ("conv", "pooling", "activations", "linear", "losses", "normalization",
-             "elementwise", "shape_ops", "composites")
+def for_callable(fn) -> Rule | None:
+    """The rule that mirrors torch callable ``fn`` (a function or a ``torch.Tensor`` method), or None."""
+    _load()
+    try:
+        name = _BY_CALLABLE.get(fn)
+    except TypeError:  # unhashable
+        return None
+    return _REGISTRY[name] if name is not None else None
+
+
+# Modules of gradcheck_kit.manual that hold no rules.
+_NOT_FAMILIES = frozenset({"registry", "functional"})
+_loaded = False
+
+
+def _families() -> list[str]:
+    """Every public module of ``gradcheck_kit.manual`` is a rule family (one per file)."""
+    import pkgutil
+
+    import gradcheck_kit.manual as pkg
+
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                  if not m.name.startswith("_") and m.name not in _NOT_FAMILIES)
 
 
 def _load() -> None:
     """Import every family module once so that its rules are registered."""
+    global _loaded
+    if _loaded:
+        return
     import importlib
 
-    for fam in _FAMILIES:
+    for fam in _families():
         importlib.import_module(f"gradcheck_kit.manual.{fam}")
+    _loaded = True
