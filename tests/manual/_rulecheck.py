@@ -2,6 +2,12 @@
 
 Used by tests/manual/test_rules.py (every rule x every sample) and by family tests
 that add extra samples of their own.
+
+Keyword tensors (``rule.keyword_tensors``, e.g. ``mse_loss(..., weight=w)``) are leaves
+exactly as the positional tensors are: autograd differentiates through them and the
+rule's ``Grads.keywords`` must agree.  ``torch.manual_seed(seed)`` runs immediately
+before every forward and every backward, so a rule that draws from the global
+generator (dropout's mask) sees the same draws in both.
 """
 
 from __future__ import annotations
@@ -22,6 +28,26 @@ def clone_args(args, requires_grad_mask=None):
         else:
             out.append(a)
     return tuple(out)
+
+
+def keyword_mask(rule: Rule, kwargs) -> dict:
+    """``{name: differentiable}`` for each declared keyword tensor the call passes."""
+    return {k: isinstance(kwargs.get(k), torch.Tensor) and kwargs[k].is_floating_point()
+            and k not in rule.nondifferentiable
+            for k in rule.keyword_tensors if kwargs.get(k) is not None}
+
+
+def clone_kwargs(rule: Rule, kwargs, requires_grad: bool = False) -> dict:
+    """A copy of ``kwargs`` whose tensors are fresh clones (differentiable keyword tensors as leaves)."""
+    wanted = keyword_mask(rule, kwargs) if requires_grad else {}
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().clone(memory_format=torch.preserve_format)
+            if wanted.get(k):
+                v.requires_grad_(True)
+        out[k] = v
+    return out
 
 
 def tolerances(dtype: torch.dtype, scale: float) -> dict:
@@ -48,102 +74,201 @@ def _close(actual, expected, dtype, what):
         return
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    torch.testing.assert_close(actual.detach(), expected.detach(), msg=lambda m: f"{what}: {m}",
-                               **tolerances(expected.dtype, _maxabs([expected])))
+    # NaN in the same places counts as equal: torch defines some gradients as NaN (softplus at NaN)
+    torch.testing.assert_close(actual.detach(), expected.detach(), msg=lambda m: f"{what}: {m}", equal_nan=True,
+                               **tolerances(expected.dtype, _maxabs([expected.nan_to_num(0.0, 0.0, 0.0)])))
 
 
-def check_forward(rule: Rule, args, kwargs):
-    a1 = clone_args(args)
-    a2 = clone_args(args)
-    mine = rule.forward(*a1, **kwargs)
-    ref = rule.torch_fn(*a2, **kwargs)
+def _torch_call(rule: Rule, args, kwargs, seed: int):
+    torch.manual_seed(seed)
+    return rule.torch_fn(*args, **kwargs)
+
+
+def check_forward(rule: Rule, args, kwargs, *, seed: int = 0):
+    torch.manual_seed(seed)
+    mine = rule.forward(*clone_args(args), **clone_kwargs(rule, kwargs))
+    ref = _torch_call(rule, clone_args(args), clone_kwargs(rule, kwargs), seed)
+    if isinstance(ref, tuple):
+        for i, (m, r) in enumerate(zip(mine, ref)):
+            _close(m, r, r.dtype, f"{rule.name} forward output {i}")
+        return
     _close(mine, ref, ref.dtype, f"{rule.name} forward")
 
 
-def check_backward(rule: Rule, args, kwargs, *, seed: int = 0):
-    """First derivatives: manual backward == autograd.grad, inputs untouched, needs_input_grad honoured."""
+def _cotangent(out, gen):
+    """A seeded cotangent for each floating output (None for integer outputs such as indices)."""
+    def one(o):
+        if not (isinstance(o, torch.Tensor) and o.is_floating_point()):
+            return None
+        return torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype).to(o.device)
+    return tuple(one(o) for o in out) if isinstance(out, tuple) else one(out)
+
+
+def _autograd_vjp(out, g, leaves, create_graph=False):
+    outs = out if isinstance(out, tuple) else (out,)
+    gs = g if isinstance(g, tuple) else (g,)
+    pairs = [(o, c) for o, c in zip(outs, gs) if c is not None]
+    return torch.autograd.grad([o for o, _ in pairs], leaves, [c for _, c in pairs], allow_unused=True,
+                               create_graph=create_graph)
+
+
+def _clone_g(g):
+    return tuple(None if c is None else c.clone() for c in g) if isinstance(g, tuple) else g.clone()
+
+
+def _same_g(a, b) -> bool:
+    if isinstance(a, tuple):
+        return all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a, b))
+    return torch.equal(a, b)
+
+
+def check_backward(rule: Rule, args, kwargs, *, seed: int = 0, saved: bool = False):
+    """First derivatives: manual backward == autograd.grad, inputs untouched, needs_input_grad honoured.
+
+    Keyword tensors are compared through ``Grads.keywords``.  ``saved=True`` passes the
+    forward's ``rule.forward_saved(...)[1]`` to the backward (the answer must not change).
+    """
     mask = rule.differentiable_mask(args)
-    assert any(mask), f"{rule.name}: sample has no differentiable argument"
+    kmask = keyword_mask(rule, kwargs)
+    assert any(mask) or any(kmask.values()), f"{rule.name}: sample has no differentiable argument"
     ref_args = clone_args(args, mask)
-    out = rule.torch_fn(*ref_args, **kwargs)
+    ref_kwargs = clone_kwargs(rule, kwargs, requires_grad=True)
+    out = _torch_call(rule, ref_args, ref_kwargs, seed)
     gen = torch.Generator().manual_seed(seed)
-    g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype).to(out.device)
-    leaves = [a for a, m in zip(ref_args, mask) if m]
-    ref = torch.autograd.grad(out, leaves, g, allow_unused=True)
-    ref_full = iter(ref)
-    ref_full = [next(ref_full) if m else None for m in mask]
+    g = _cotangent(out, gen)
+    knames = [k for k, m in kmask.items() if m]
+    leaves = [a for a, m in zip(ref_args, mask) if m] + [ref_kwargs[k] for k in knames]
+    ref = iter(_autograd_vjp(out, g, leaves))
+    ref_full = [next(ref) if m else None for m in mask]
+    ref_kw = {k: next(ref) for k in knames}
 
     before = clone_args(args)
+    before_kw = clone_kwargs(rule, kwargs)
     my_args = clone_args(args)
-    grad_out = g.clone()
-    mine = rule.backward(grad_out, *my_args, **kwargs)
+    my_kwargs = clone_kwargs(rule, kwargs)
+    grad_out = _clone_g(g)
+    extra = {}
+    if saved:
+        torch.manual_seed(seed)
+        extra["saved"] = rule.forward_saved(*clone_args(args), **clone_kwargs(rule, kwargs))[1]
+    torch.manual_seed(seed)
+    mine = rule.backward(grad_out, *my_args, **extra, **my_kwargs)
     assert isinstance(mine, tuple) and len(mine) == len(args), \
         f"{rule.name}: backward must return a tuple of {len(args)} entries, got {type(mine).__name__}"
     for a, b, name in zip(my_args, before, rule.tensor_args):
         if isinstance(a, torch.Tensor):
-            assert torch.equal(a, b), f"{rule.name}: backward modified its argument {name!r} in place"
-    assert torch.equal(grad_out, g), f"{rule.name}: backward modified grad_output in place"
+            assert torch.equal(a, b) or (a.isnan().any() and torch.equal(a.nan_to_num(), b.nan_to_num())), \
+                f"{rule.name}: backward modified its argument {name!r} in place"
+    for k, v in my_kwargs.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v.nan_to_num(), before_kw[k].nan_to_num()), \
+                f"{rule.name}: backward modified its keyword argument {k!r} in place"
+    assert _same_g(grad_out, g), f"{rule.name}: backward modified grad_output in place"
+    dtype = args[0].dtype if isinstance(args[0], torch.Tensor) else torch.float64
     for m, r, name, want in zip(mine, ref_full, rule.tensor_args, mask):
         if not want:
             assert m is None, f"{rule.name}: gradient for non-differentiable argument {name!r} must be None"
             continue
-        _close(m, r, g.dtype, f"{rule.name} d/d{name}")
+        _close(m, r, dtype, f"{rule.name} d/d{name}")
+    for k, want in kmask.items():
+        got = mine.keywords.get(k)
+        if not want:
+            assert got is None, f"{rule.name}: gradient for non-differentiable keyword {k!r} must be None"
+            continue
+        assert k in mine.keywords, f"{rule.name}: backward gave no entry for keyword tensor {k!r}"
+        _close(got, ref_kw[k], dtype, f"{rule.name} d/d{k} (keyword)")
     return mine
 
 
 def check_needs_input_grad(rule: Rule, args, kwargs):
     """Asking for one gradient returns just that one, equal to the full computation."""
     mask = rule.differentiable_mask(args)
-    g = torch.ones_like(rule.torch_fn(*clone_args(args), **kwargs))
-    full = rule.backward(g, *clone_args(args), **kwargs)
+    torch.manual_seed(0)
+    out = rule.torch_fn(*clone_args(args), **clone_kwargs(rule, kwargs))
+    g = tuple(torch.ones_like(o) if o.is_floating_point() else None for o in out) if isinstance(out, tuple) \
+        else torch.ones_like(out)
+    torch.manual_seed(0)
+    full = rule.backward(g, *clone_args(args), **clone_kwargs(rule, kwargs))
     for i, m in enumerate(mask):
         if not m:
             continue
         needs = tuple(j == i for j in range(len(args)))
-        part = rule.backward(g, *clone_args(args), needs_input_grad=needs, **kwargs)
+        torch.manual_seed(0)
+        part = rule.backward(g, *clone_args(args), needs_input_grad=needs, **clone_kwargs(rule, kwargs))
         for j, p in enumerate(part):
             if j != i:
                 assert p is None, f"{rule.name}: computed d/d{rule.tensor_args[j]} though only d/d{rule.tensor_args[i]} was asked for"
-        _close(part[i], full[i], g.dtype, f"{rule.name} d/d{rule.tensor_args[i]} (needs_input_grad)")
+        _close(part[i], full[i], args[0].dtype, f"{rule.name} d/d{rule.tensor_args[i]} (needs_input_grad)")
 
 
 def check_double_backward(rule: Rule, args, kwargs, *, seed: int = 1):
-    """Second derivatives: d/d(inputs, g) of <manual grads, v> == the same through autograd."""
+    """Second derivatives: d/d(inputs, keyword tensors, g) of <manual grads, v> == the same through autograd."""
     mask = rule.differentiable_mask(args)
+    kmask = keyword_mask(rule, kwargs)
+    knames = [k for k, m in kmask.items() if m]
     gen = torch.Generator().manual_seed(seed)
 
     def rand_like(t):
         return torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype).to(t.device)
 
-    out0 = rule.torch_fn(*clone_args(args), **kwargs)
-    g0 = rand_like(out0)
-    vs = [rand_like(a) if m else None for a, m in zip(args, mask)]
+    out0 = _torch_call(rule, clone_args(args), clone_kwargs(rule, kwargs), seed)
+    g0 = _cotangent(out0, gen)
+    vs = [rand_like(a) if m else None for a, m in zip(args, mask)] + [rand_like(kwargs[k]) for k in knames]
+    g_list = list(g0) if isinstance(g0, tuple) else [g0]
 
     def second(grads_fn):
         a = clone_args(args, mask)
-        g = g0.clone().requires_grad_(True)
-        grads = grads_fn(g, a)
-        leaves = [x for x, m in zip(a, mask) if m] + [g]
+        kw = clone_kwargs(rule, kwargs, requires_grad=True)
+        gs = [None if c is None else c.clone().requires_grad_(True) for c in g_list]
+        g = tuple(gs) if isinstance(g0, tuple) else gs[0]
+        grads = grads_fn(g, a, kw)
+        leaves = [x for x, m in zip(a, mask) if m] + [kw[k] for k in knames] + [c for c in gs if c is not None]
         s = sum(((gr * v).sum() for gr, v in zip(grads, vs) if gr is not None and v is not None),
-                torch.zeros((), dtype=g.dtype, device=g.device))
+                torch.zeros((), dtype=torch.float64, device=leaves[-1].device))
         if not s.requires_grad:
             return [None] * len(leaves)
         return list(torch.autograd.grad(s, leaves, allow_unused=True))
 
-    def auto(g, a):
-        leaves = [x for x, m in zip(a, mask) if m]
-        out = rule.torch_fn(*a, **kwargs)
-        gs = iter(torch.autograd.grad(out, leaves, g, create_graph=True, allow_unused=True))
-        return [next(gs) if m else None for m in mask]
+    def auto(g, a, kw):
+        leaves = [x for x, m in zip(a, mask) if m] + [kw[k] for k in knames]
+        out = _torch_call(rule, a, kw, seed)
+        gs = iter(_autograd_vjp(out, g, leaves, create_graph=True))
+        return [next(gs) if m else None for m in mask] + [next(gs) for _ in knames]
 
-    def mine(g, a):
-        return list(rule.backward(g, *a, **kwargs))
+    def mine(g, a, kw):
+        torch.manual_seed(seed)
+        grads = rule.backward(g, *a, **kw)
+        return list(grads) + [grads.keywords.get(k) for k in knames]
 
     ref = second(auto)
     got = second(mine)
-    names = [n for n, m in zip(rule.tensor_args, mask) if m] + ["grad_output"]
+    names = [n for n, m in zip(rule.tensor_args, mask) if m] + knames + \
+        [f"grad_output[{i}]" for i, c in enumerate(g_list) if c is not None]
     for r, m, name in zip(ref, got, names):
-        _close(m, r, g0.dtype, f"{rule.name} second derivative wrt {name}")
+        _close(m, r, torch.float64 if r is None else r.dtype, f"{rule.name} second derivative wrt {name}")
+
+
+def check_saved_matches_recompute(rule: Rule, args, kwargs, *, seed: int = 0):
+    """``rule.backward(..., saved=forward_saved(...)[1])`` equals the backward that recomputes."""
+    torch.manual_seed(seed)
+    out, saved = rule.forward_saved(*clone_args(args), **clone_kwargs(rule, kwargs))
+    assert isinstance(saved, dict), f"{rule.name}: forward_saved must return (output, dict)"
+    torch.manual_seed(seed)
+    ref = rule.forward(*clone_args(args), **clone_kwargs(rule, kwargs))
+    for o, r in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+        _close(o, r, r.dtype, f"{rule.name} forward_saved output")
+    g = _cotangent(ref, torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
+    plain = rule.backward(_clone_g(g), *clone_args(args), **clone_kwargs(rule, kwargs))
+    torch.manual_seed(seed)
+    with_saved = rule.backward(_clone_g(g), *clone_args(args), saved=saved, **clone_kwargs(rule, kwargs))
+    for name, p, s in zip(rule.tensor_args, plain, with_saved):
+        assert (p is None) == (s is None), f"{rule.name}: d/d{name} is None in only one of saved/recomputed"
+        if p is not None:
+            _close(s, p, p.dtype, f"{rule.name} d/d{name} with saved=")
+    for k, p in plain.keywords.items():
+        _close(with_saved.keywords.get(k), p, p.dtype if p is not None else torch.float64,
+               f"{rule.name} d/d{k} with saved=")
 
 
 def check_symbolic_forward(rule: Rule, max_numel: int):

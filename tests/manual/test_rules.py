@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from gradcheck_kit import manual
+from gradcheck_kit.manual import registry
 from tests.manual._rulecheck import (check_backward, check_double_backward, check_forward,
-                                     check_needs_input_grad)
+                                     check_needs_input_grad, check_saved_matches_recompute)
 
 
 def _cases(dtype=torch.float64, device="cpu"):
@@ -38,6 +39,23 @@ def test_second_derivative_matches_autograd(rule, sample):
 def test_needs_input_grad_skips_unrequested(rule):
     sample = rule.samples()[0]
     check_needs_input_grad(rule, sample.args, sample.kwargs)
+
+
+@pytest.mark.parametrize("rule", manual.rules(), ids=lambda r: r.name)
+def test_backward_with_saved_forward_results_agrees(rule):
+    # every rule: rules without save= get saved={} and must ignore it; rules with save= must
+    # give the recomputing backward's answer (first sample, and one per rule keeps this fast)
+    sample = rule.samples()[0]
+    check_saved_matches_recompute(rule, sample.args, sample.kwargs)
+    check_backward(rule, sample.args, sample.kwargs, saved=True)
+
+
+@pytest.mark.parametrize("rule", manual.rules(), ids=lambda r: r.name)
+def test_every_alias_maps_back_to_its_rule(rule):
+    assert registry.for_callable(rule.mirrors) is rule
+    for alias in rule.aliases:
+        assert registry.for_callable(alias) is rule, f"{alias} does not map back to {rule.name}"
+    assert len(rule.mirrors_all) == 1 + len(rule.aliases)
 
 
 @pytest.mark.parametrize("rule", manual.rules(), ids=lambda r: r.name)
