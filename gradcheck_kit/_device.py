@@ -1,0 +1,216 @@
+"""One device's run of ``check()``: the subject gradients, then each reference, into the report.
+
+``DeviceRun`` holds what every reference needs (the private copies of the inputs, the seeded
+runner, the tolerances, the diagnosis) and nothing reference-specific: the references live in
+``gradcheck_kit/references/`` and call back into ``results``/``tol``/``subject_at``/``hvp_of``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from gradcheck_kit._check_errors import InPlaceModificationError, InvalidInputError
+from gradcheck_kit._diff import _absmax, _compare, _result, _scales, tolerances
+from gradcheck_kit._inputs import _is_float
+from gradcheck_kit._session import _autograd, _check_manual, _copy, _leaves, _Runner
+from gradcheck_kit.errors import GradcheckKitError
+from gradcheck_kit.references import REFERENCES
+from gradcheck_kit.report import _fmt
+
+__all__ = ["DeviceRun", "Subject"]
+
+
+@dataclass
+class Subject:
+    """The gradients under test: ``manual``'s, or autograd's own when no ``manual`` is given."""
+
+    grads: dict                                   # name -> gradient (detached)
+    kind: str                                     # "manual" | "autograd"
+    nondet: dict = field(default_factory=dict)    # name -> max |run1 - run2| of repeated backwards
+    hvp: dict | None = None                       # name -> d/dx <grads, v> (double_backward), None if detached
+    detached: list = field(default_factory=list)  # names whose manual gradient left the graph
+
+
+class DeviceRun:
+    """One device's run of ``check``: the private copies, the subject, then each reference in turn."""
+
+    def __init__(self, report, dev, *, loss, inputs, manual, wrt, refs, dtype, atol, rtol, double_backward,
+                 seed, fd_mode, fd_limit, fd_eps, fd_projections, fd_work, repeat, diagnose, allow_unused):
+        self.report, self.loss, self.inputs, self.manual = report, loss, inputs, manual
+        self.wrt, self.refs, self.dtype, self.user_atol, self.user_rtol = wrt, refs, dtype, atol, rtol
+        self.double_backward, self.seed = double_backward, seed
+        self.fd_mode, self.fd_limit, self.fd_eps, self.fd_projections = fd_mode, fd_limit, fd_eps, fd_projections
+        self.fd_work = fd_work
+        self.diagnose, self.allow_unused = diagnose, allow_unused
+        self.run_fn = _Runner(seed)
+        self.fd_noise = 0.0  # set by the finite-difference reference: rounding floor of its tolerance
+        self.work = {n: _copy(t, dev, dtype) for n, t in inputs.items()}
+        first = next((t for t in self.work.values() if isinstance(t, torch.Tensor)), None)
+        self.dev = dev if dev is not None else (first.device if first is not None else torch.device("cpu"))
+        self.is_cuda = self.dev.type == "cuda"
+        self.repeat = repeat if repeat is not None else (2 if self.is_cuda else 1)
+        self.info: dict = {}
+        self._ref64 = None
+
+    # inputs for references computed in float64 on the CPU (CUDA runs, half precision, finite differences)
+    def ref64(self) -> dict:
+        if self._ref64 is None:
+            self._ref64 = {n: (t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype)
+                               if isinstance(t, torch.Tensor) else t) for n, t in self.work.items()}
+            self._ref64 = {n: (t.clone() if isinstance(t, torch.Tensor) and t.device == self.dev
+                               and t.dtype == self.work[n].dtype else t) for n, t in self._ref64.items()}
+        return self._ref64
+
+
+    def run(self):
+        rep = self.report
+        subject = self._subject()
+        results = []
+        for key in self.refs:
+            results += REFERENCES[key].compare(self, subject)
+        rep.results += results
+        rep.summed = rep.summed or bool(self.info.get("summed"))
+        if "shape" in self.info:
+            rep.loss_shape = self.info["shape"]
+        nondet = subject.nondet
+        if any(v for v in nondet.values()):
+            rep.notes.append(f"{self.dev}: the backward is nondeterministic (two runs differ by up to "
+                             f"{_fmt(max(nondet.values()))}); reported as 'nondeterminism', separate from the error")
+        # Finally: nothing the user passed was changed.
+        self._check_untouched()
+
+    # -- the subject: manual's gradients, or autograd's own when there is no manual --------------------
+    def _subject(self) -> Subject:
+        work = self.work
+        floating = tuple(n for n, t in work.items() if _is_float(t))
+        hv_subject = None
+        nondet: dict = {}
+        if self.manual is not None:
+            call_in = _leaves(work, self.wrt or floating) if self.double_backward else work
+            with (torch.enable_grad() if self.double_backward else contextlib.nullcontext()):
+                res = self.run_fn(self.manual, call_in, "manual")
+            wrt = _check_manual(res, self.inputs, work, self.wrt)
+            subject = {n: res[n] for n in wrt}
+            detached = []
+            if self.double_backward:
+                hv_subject = self.hvp_of(subject, call_in, wrt)
+                detached = [n for n in wrt if not subject[n].requires_grad]
+            for _ in range(self.repeat - 1):
+                again = self.run_fn(self.manual, work, "manual")
+                for n in wrt:
+                    g2 = again.get(n) if isinstance(again, Mapping) else None
+                    d = _absmax(g2.detach() - subject[n].detach()) if isinstance(g2, torch.Tensor) else math.nan
+                    nondet[n] = max(nondet.get(n, 0.0), d)
+            subject = {n: g.detach() for n, g in subject.items()}
+            kind = "manual"
+        else:
+            detached = []
+            wrt = self.wrt or floating
+            if not wrt:
+                raise InvalidInputError("inputs hold no floating-point tensor to differentiate.")
+            grads, leaves = _autograd(self.run_fn, self.loss, work, wrt, self.info,
+                                      create_graph=self.double_backward, allow_unused=self.allow_unused)
+            if self.double_backward:
+                hv_subject = self.hvp_of(grads, leaves, wrt)
+            for _ in range(self.repeat - 1):
+                again, _l = _autograd(self.run_fn, self.loss, work, wrt, {}, allow_unused=self.allow_unused)
+                for n in wrt:
+                    nondet[n] = max(nondet.get(n, 0.0), _absmax(again[n] - grads[n].detach()))
+            subject = {n: g.detach() for n, g in grads.items()}
+            kind = "autograd"
+        self.wrt_names = wrt
+        self.subject = subject
+        return Subject(grads=subject, kind=kind, nondet=nondet, hvp=hv_subject, detached=detached)
+
+    # -- services the references use ------------------------------------------------------------------
+    def results(self, subject, refs, kind, label, ref_tensors, *, lohi=None, extra=None, names=None) -> list:
+        """One ``Result`` per input in ``names`` (default: every checked input): subject vs ``refs``."""
+        out = []
+        scales = _scales(refs)
+        for n in (self.wrt_names if names is None else names):
+            m, r = subject.grads[n], refs[n]
+            atol, rtol = self.tol(m.dtype, scales[n], kind)
+            lo, hi, kink = (lohi[n] if lohi and n in lohi else (None, None, None))
+            cmp = _compare(m, r, atol, rtol, lo, hi, kink)
+            kw = dict(extra[n]) if extra and n in extra else {}
+            res = _result(n, self.dev, m.dtype, m.shape, cmp, atol, rtol, reference=label, subject=subject.kind,
+                          nondeterminism=subject.nondet.get(n), **kw)
+            if not cmp.ok and self.diagnose:
+                res.hint = self._hint(n, m, r, cmp, ref_tensors)
+            out.append(res)
+        return out
+
+    def tol(self, dtype, scale, kind, order=1):
+        atol, rtol = tolerances(dtype, scale, reference=kind, order=order)
+        if kind == "fd":  # a central difference cannot resolve less than its rounding noise ~ eps |f| / h
+            atol = max(atol, self.fd_noise)
+        if self.user_atol is not None:
+            atol = float(self.user_atol)
+        if self.user_rtol is not None:
+            rtol = float(self.user_rtol)
+        return atol, rtol
+
+    def _hint(self, name, m, r, cmp, ref_tensors):
+        from gradcheck_kit import _hints
+
+        try:
+            key = id(ref_tensors)
+            if getattr(self, "_ctx_key", None) != key:  # one context (and its counterfactual runs) per reference
+                self._ctx_key = key
+                self._ctx = _hints.Context(self.loss, ref_tensors, self.wrt_names, self.run_fn, self.info)
+            return _hints.diagnose(name, m, r, cmp.bad, self._ctx)
+        except GradcheckKitError:
+            raise
+        except Exception as e:  # a diagnosis must never hide the result
+            return f"(no diagnosis: {type(e).__name__}: {e})"
+
+    def subject_at(self, name, tensors, delta):
+        """The subject's gradient of ``name`` (float64, CPU) with ``tensors[name] + delta``; None if it fails."""
+        shifted = dict(tensors)
+        shifted[name] = tensors[name] + delta
+        try:
+            if self.manual is not None:
+                g = self.run_fn(self.manual, shifted, "manual").get(name)
+            else:
+                g = _autograd(self.run_fn, self.loss, shifted, self.wrt_names, {}, allow_unused=True)[0][name]
+        except GradcheckKitError:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. a manual that only runs in its own dtype
+            return None
+        return None if g is None else g.detach().to("cpu", torch.float64)
+
+    def vectors(self, wrt, like: dict) -> dict:
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        return {n: torch.randn(like[n].shape, generator=gen, dtype=torch.float64) for n in wrt}
+
+    def hvp_of(self, grads: dict, leaves: dict, wrt) -> dict | None:
+        """d/dinputs <grads, v>: the Hessian-vector products; None where grads left the graph."""
+        vs = self.vectors(wrt, grads)
+        live = [n for n in wrt if isinstance(grads.get(n), torch.Tensor) and grads[n].requires_grad]
+        if not live:
+            return None
+        with torch.enable_grad():
+            s = sum((grads[n] * vs[n].to(grads[n].device, grads[n].dtype)).sum() for n in live)
+            hv = torch.autograd.grad(s, [leaves[n] for n in wrt], allow_unused=True)
+        return {n: (h.detach() if h is not None else torch.zeros_like(leaves[n]).detach()) for n, h in zip(wrt, hv)}
+
+    # -- the caller's tensors ----------------------------------------------------------------------------
+    def _check_untouched(self):
+        for n, t in self.inputs.items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            w = self.work[n]
+            if w.device != t.device or w.dtype != t.dtype:
+                continue  # a cast copy: version counters already guarded it
+            same = torch.equal(w, t.detach())
+            if not same and t.is_floating_point():
+                same = bool(((w == t) | (w.isnan() & t.isnan())).all())
+            if not same:
+                raise InPlaceModificationError(
+                    f"loss or manual changed the values of input {n!r} (through .data or another alias); they "
+                    f"must leave their inputs unchanged.")
