@@ -39,6 +39,18 @@ Extensions (all optional, so the positional contract above keeps working):
   with the same tensor arguments first, so ``x.permute(...)``, ``torch.permute(x, ...)``
   map onto one rule.  ``rule.mirrors_all`` lists the dotted names of all of them.
 
+* **Sequence arguments.** ``register(..., sequence_args=("tensors",))`` declares
+  positional arguments that hold a list or tuple of tensors (``torch.cat(tensors)``,
+  ``torch.stack``, ``einsum(eq, [a, b])``).  Such an argument is differentiable when any
+  of its elements is a floating tensor, and its gradient entry is a tuple with one
+  gradient per element (``None`` for elements that are not floating tensors).  Its
+  ``needs_input_grad`` entry may be one bool or one bool per element; the
+  implementation always receives one bool (any element wanted) and returns a tuple (or
+  list) per sequence argument, which ``rule.backward`` masks element by element.
+* **Multi-output ops** (``split``, ``max_pool2d(return_indices=True)``): the forward
+  returns a tuple and ``grad_output`` is a tuple with one entry per output, ``None`` for
+  an output that got no gradient (integer outputs such as indices always get ``None``).
+
 ``needs_input_grad`` given to a backward implementation always has one entry per
 declared tensor argument (``False`` for arguments not passed), so an implementation may
 index it by position whatever the caller omitted.
@@ -86,6 +98,10 @@ def _is_float_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
 
 
+def _is_tensor_sequence(x: Any) -> bool:
+    return isinstance(x, (list, tuple))
+
+
 @dataclass
 class Rule:
     """An explicit backward formula for one torch function."""
@@ -103,6 +119,7 @@ class Rule:
     keyword_tensors: tuple[str, ...] = ()
     save_impl: Callable | None = None
     aliases: tuple = ()
+    sequence_args: frozenset[str] = field(default_factory=frozenset)
 
     # -- contract -----------------------------------------------------------
     def forward(self, *args, **params):
@@ -115,7 +132,7 @@ class Rule:
         if len(args) > n:
             raise TypeError(f"{self.name}: backward takes at most {n} positional arguments "
                             f"{self.tensor_args}, got {len(args)}")
-        wanted = self._needs(args, needs_input_grad)
+        wanted, per_element = self._needs(args, needs_input_grad)
         # One entry per declared tensor argument, so implementations may index any position.
         padded = wanted + (False,) * (n - len(wanted))
         extra = {}
@@ -133,7 +150,24 @@ class Rule:
         # Entries nobody asked for, or that cannot have a gradient, are None.
         kw = {k: (keywords.get(k) if extra["needs_keyword_grad"][k] else None)
               for k in self.keyword_tensors if params.get(k) is not None} if self.keyword_tensors else {}
-        return Grads((g if w else None for g, w in zip(grads[: len(args)], wanted)), kw)
+        out = []
+        for i, (g, w) in enumerate(zip(grads[: len(args)], wanted)):
+            if not w:
+                out.append(None)
+            elif i in per_element:
+                out.append(self._sequence_grad(g, args[i], per_element[i]))
+            else:
+                out.append(g)
+        return Grads(out, kw)
+
+    def _sequence_grad(self, grad, arg, element_wanted) -> tuple:
+        """One gradient per element of a sequence argument; None where not floating or not wanted."""
+        if grad is None:
+            return (None,) * len(arg)
+        if not isinstance(grad, (list, tuple)) or len(grad) != len(arg):
+            raise RuntimeError(f"rule {self.name!r} must return one gradient per element of its sequence "
+                               f"argument ({len(arg)} elements), got {type(grad).__name__}")
+        return tuple(g if w else None for g, w in zip(grad, element_wanted))
 
     def all_grads(self, grad_output, *args, **params) -> dict:
         """``{argument name: gradient}`` for positional and keyword tensors alike."""
@@ -150,22 +184,45 @@ class Rule:
         return list(self.sample_fn(device=torch.device(device), dtype=dtype))
 
     def differentiable_mask(self, args: Sequence[Any]) -> tuple[bool, ...]:
-        """Which positional arguments can carry a gradient at all."""
+        """Which positional arguments can carry a gradient at all.
+
+        A sequence argument (``sequence_args``) can when any of its elements is a floating tensor.
+        """
         return tuple(
-            _is_float_tensor(a) and name not in self.nondifferentiable
+            name not in self.nondifferentiable
+            and (any(_is_float_tensor(e) for e in a) if self.is_sequence_arg(name, a) else _is_float_tensor(a))
             for a, name in zip(args, self.tensor_args)
         )
 
+    def is_sequence_arg(self, name: str, value: Any = ()) -> bool:
+        """True for a declared sequence argument holding a list or tuple."""
+        return name in self.sequence_args and _is_tensor_sequence(value)
+
     # -- helpers --------------------------------------------------------------
-    def _needs(self, args, needs_input_grad) -> tuple[bool, ...]:
+    def _needs(self, args, needs_input_grad) -> tuple[tuple[bool, ...], dict[int, tuple[bool, ...]]]:
+        """(one bool per positional argument, {position: one bool per element} for sequence arguments)."""
         possible = self.differentiable_mask(args)
-        if needs_input_grad is None:
-            return possible
-        needs = tuple(bool(b) for b in needs_input_grad)
-        if len(needs) < len(args):
-            raise ValueError(f"{self.name}: needs_input_grad has {len(needs)} entries for "
-                             f"{len(args)} positional arguments {self.tensor_args[:len(args)]}")
-        return tuple(p and w for p, w in zip(possible, needs))
+        if needs_input_grad is not None:
+            needs = tuple(needs_input_grad)
+            if len(needs) < len(args):
+                raise ValueError(f"{self.name}: needs_input_grad has {len(needs)} entries for "
+                                 f"{len(args)} positional arguments {self.tensor_args[:len(args)]}")
+        else:
+            needs = (True,) * len(args)
+        wanted, per_element = [], {}
+        for i, (a, name, p, w) in enumerate(zip(args, self.tensor_args, possible, needs)):
+            if self.is_sequence_arg(name, a):
+                ws = tuple(bool(b) for b in w) if isinstance(w, (list, tuple)) else (bool(w),) * len(a)
+                if len(ws) != len(a):
+                    raise ValueError(f"{self.name}: needs_input_grad for {name!r} has {len(ws)} entries "
+                                     f"for {len(a)} elements")
+                per_element[i] = tuple(p and wi and _is_float_tensor(e) for wi, e in zip(ws, a))
+                wanted.append(any(per_element[i]))
+            else:
+                if isinstance(w, (list, tuple)):
+                    raise ValueError(f"{self.name}: needs_input_grad for {name!r} must be one bool")
+                wanted.append(p and bool(w))
+        return tuple(wanted), per_element
 
     @property
     def mirrors(self) -> Callable:
@@ -222,7 +279,8 @@ _BY_CALLABLE: dict[Any, str] = {}
 def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], samples: Callable,
              forward: Callable | None = None, symbolic: Callable | None = None,
              nondifferentiable: Iterable[str] = (), differentiable_backward: bool = True,
-             keyword_tensors: Sequence[str] = (), save: Callable | None = None, aliases: Sequence[Callable] = ()):
+             keyword_tensors: Sequence[str] = (), save: Callable | None = None, aliases: Sequence[Callable] = (),
+             sequence_args: Sequence[str] = ()):
     """Decorator registering ``backward`` as the explicit backward of ``torch_fn``.
 
     ::
@@ -235,6 +293,9 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
     def deco(backward: Callable) -> Callable:
         if name in _REGISTRY:
             raise RuntimeError(f"rule {name!r} is registered twice")
+        unknown = [a for a in sequence_args if a not in tensor_args]
+        if unknown:
+            raise RuntimeError(f"rule {name!r}: sequence_args {unknown} are not among tensor_args {tuple(tensor_args)}")
         _REGISTRY[name] = Rule(
             name=name,
             torch_fn=torch_fn,
@@ -249,6 +310,7 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
             keyword_tensors=tuple(keyword_tensors),
             save_impl=save,
             aliases=tuple(aliases),
+            sequence_args=frozenset(sequence_args),
         )
         for fn in (getattr(torch_fn, "mirrors", torch_fn), *aliases):
             if fn in _BY_CALLABLE and _BY_CALLABLE[fn] != name:
