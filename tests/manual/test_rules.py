@@ -5,8 +5,9 @@ import torch
 
 from gradcheck_kit import manual
 from gradcheck_kit.manual import registry
-from tests.manual._rulecheck import (check_backward, check_double_backward, check_forward,
-                                     check_needs_input_grad, check_saved_matches_recompute)
+# _seqcheck adds sequence arguments (torch.cat's list) and unused outputs, deferring to _rulecheck
+from tests.manual._seqcheck import (check_backward, check_double_backward, check_forward,
+                                    check_needs_input_grad, check_saved_matches_recompute)
 
 
 def _cases(dtype=torch.float64, device="cpu"):
