@@ -14,12 +14,17 @@ local derivative.  Writing ``d = x - t``:
   ``q = (1 - eps) onehot(t) + eps / C`` (or the given probabilities) and class weight
   ``w_c``:  dL/dlogp = -gl w_c q  and  dL/dx = dL/dlogp - softmax(x) sum_c dL/dlogp.
 
-Class-index targets are integer tensors and get no gradient.  Class weights,
-``pos_weight`` and the elementwise ``weight`` are constants: torch refuses
-``requires_grad`` on them (``nll_loss``, ``binary_cross_entropy*``) so every rule lists
-them as non-differentiable; the one case torch does differentiate (``weight`` of
-``cross_entropy`` with probability targets) is treated as a constant too, and so is the
-keyword ``weight`` of mse/l1/huber.
+Class-index targets are integer tensors and get no gradient.  Class weights and
+``pos_weight`` of ``nll_loss``/``cross_entropy`` (class indices)/``binary_cross_entropy*``
+are constants: torch 2.13 refuses ``requires_grad`` on them, so the rules list them as
+non-differentiable.  The keyword ``weight=`` of ``mse_loss``, ``l1_loss`` and
+``huber_loss`` is differentiable in torch and is a keyword tensor here
+(``keyword_tensors=("weight",)``): with ``f`` the per-element loss,
+``dL/dw = gl f(d)``, and for mse/l1's ``mean`` (which divides by ``W = sum(w)``)
+``dL/dw_i = g (f_i - L) / W``.  ``smooth_l1_loss`` takes no weight in torch 2.13.
+The one positional weight torch differentiates (``weight`` of ``cross_entropy`` with
+probability targets) is still treated as a constant: the registry's
+``nondifferentiable`` is per rule, not per call (see docs/rules.md).
 """
 
 from __future__ import annotations
@@ -210,15 +215,26 @@ def _sym_log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 def _elementwise_loss_backward(grad_output, input, target, needs, dloss_dd, reduction, weight=None,
-                               mean_denom=None):
-    """loss_i = w_i f(d_i), d = x - t (broadcast): dL/dx = unbroadcast(gl w f'(d)), dL/dt = -that."""
+                               mean_denom=None, needs_weight=False, loss_fn=None):
+    """loss_i = w_i f(d_i), d = x - t (broadcast): dL/dx = unbroadcast(gl w f'(d)), dL/dt = -that.
+
+    With ``needs_weight`` also returns dL/dw (``loss_fn(d) = f(d)``):
+    ``sum``/``none``: gl f(d);  ``mean`` over numel: gl f(d) / numel;  ``mean`` over
+    ``W = sum(w)`` (``mean_denom``, mse/l1): L = sum(w f) / W so dL/dw_i = g (f_i - L) / W.
+    """
     denom = mean_denom if mean_denom is not None else dloss_dd.numel()
-    gd = _reduction_scale(grad_output, reduction, denom) * dloss_dd
+    gl = _reduction_scale(grad_output, reduction, denom)
+    gd = gl * dloss_dd
     if weight is not None:
         gd = gd * weight
     gx = unbroadcast(gd, input.shape) if needs[0] else None
     gt = unbroadcast(-gd, target.shape) if needs[1] else None
-    return gx, gt
+    if not needs_weight:
+        return gx, gt
+    f = loss_fn(input - target)
+    if reduction == "mean" and mean_denom is not None:
+        f = f - (f * weight).sum() / mean_denom
+    return gx, gt, {"weight": gl * f}
 
 
 def _check_loss_weight(op: str, weight, input) -> None:
@@ -259,16 +275,18 @@ def mse_loss_symbolic(input, target, size_average=None, reduce=None, reduction="
 
 
 @register("mse_loss", torch_fn=F.mse_loss, tensor_args=("input", "target"),
-          samples=_regression_samples("mse_loss", _mse_extra), symbolic=mse_loss_symbolic)
-def mse_loss_backward(grad_output, input, target, *, needs_input_grad, size_average=None, reduce=None,
-                      reduction="mean", weight=None):
-    """loss_i = w_i (x_i - t_i)^2; mean divides by sum(w) (numel without weight): dL/dx = 2 gl w d."""
+          samples=_regression_samples("mse_loss", _mse_extra), symbolic=mse_loss_symbolic,
+          keyword_tensors=("weight",))
+def mse_loss_backward(grad_output, input, target, *, needs_input_grad, needs_keyword_grad, size_average=None,
+                      reduce=None, reduction="mean", weight=None):
+    """loss_i = w_i (x_i - t_i)^2; mean divides by sum(w) (numel without weight): dL/dx = 2 gl w d,
+    dL/dw = gl d^2 (mean: g (d^2 - L) / sum(w))."""
     _check_reduction("mse_loss", reduction, size_average, reduce)
     _check_loss_weight("mse_loss", weight, input)
     d = input - target
     denom = weight.sum() if weight is not None else None
     return _elementwise_loss_backward(grad_output, input, target, needs_input_grad, 2 * d, reduction,
-                                      weight, denom)
+                                      weight, denom, needs_keyword_grad["weight"], torch.square)
 
 
 def _l1_extra(mk):
@@ -292,16 +310,18 @@ def l1_loss_symbolic(input, target, size_average=None, reduce=None, reduction="m
 
 
 @register("l1_loss", torch_fn=F.l1_loss, tensor_args=("input", "target"),
-          samples=_regression_samples("l1_loss", _l1_extra), symbolic=l1_loss_symbolic)
-def l1_loss_backward(grad_output, input, target, *, needs_input_grad, size_average=None, reduce=None,
-                     reduction="mean", weight=None):
-    """loss_i = w_i |x_i - t_i|: dL/dx = gl w sign(d), sign(0) = 0 (torch's abs convention)."""
+          samples=_regression_samples("l1_loss", _l1_extra), symbolic=l1_loss_symbolic,
+          keyword_tensors=("weight",))
+def l1_loss_backward(grad_output, input, target, *, needs_input_grad, needs_keyword_grad, size_average=None,
+                     reduce=None, reduction="mean", weight=None):
+    """loss_i = w_i |x_i - t_i|: dL/dx = gl w sign(d), sign(0) = 0 (torch's abs convention);
+    dL/dw = gl |d| (mean: g (|d| - L) / sum(w))."""
     _check_reduction("l1_loss", reduction, size_average, reduce)
     _check_loss_weight("l1_loss", weight, input)
     d = input - target
     denom = weight.sum() if weight is not None else None
     return _elementwise_loss_backward(grad_output, input, target, needs_input_grad, torch.sign(d),
-                                      reduction, weight, denom)
+                                      reduction, weight, denom, needs_keyword_grad["weight"], torch.abs)
 
 
 def _clipped_slope(d: torch.Tensor, beta: float, scale: float) -> torch.Tensor:
@@ -372,9 +392,9 @@ def huber_loss_symbolic(input, target, reduction="mean", delta=1.0, weight=None)
 
 @register("huber_loss", torch_fn=F.huber_loss, tensor_args=("input", "target"),
           samples=_regression_samples("huber_loss", _kink_extra("huber_loss", "delta")),
-          symbolic=huber_loss_symbolic)
-def huber_loss_backward(grad_output, input, target, *, needs_input_grad, reduction="mean", delta=1.0,
-                        weight=None):
+          symbolic=huber_loss_symbolic, keyword_tensors=("weight",))
+def huber_loss_backward(grad_output, input, target, *, needs_input_grad, needs_keyword_grad, reduction="mean",
+                        delta=1.0, weight=None):
     """loss_i = w_i (d^2/2 if |d| < delta else delta (|d| - delta/2)): dL/dx = gl w clip(d, -delta, delta).
 
     With a weight torch's mean is ``(w * loss).mean()``: it divides by numel, not by sum(w).
@@ -385,7 +405,12 @@ def huber_loss_backward(grad_output, input, target, *, needs_input_grad, reducti
     _check_loss_weight("huber_loss", weight, input)
     # delta * clip(d / delta, -1, 1) == clip(d, -delta, delta)
     slope = _clipped_slope(input - target, delta, delta)
-    return _elementwise_loss_backward(grad_output, input, target, needs_input_grad, slope, reduction, weight)
+
+    def huber(d):  # d^2 / 2 inside |d| < delta, delta (|d| - delta / 2) outside (|d| == delta: outside)
+        return torch.where(d.abs() < delta, 0.5 * d * d, delta * (d.abs() - 0.5 * delta))
+
+    return _elementwise_loss_backward(grad_output, input, target, needs_input_grad, slope, reduction, weight,
+                                      None, needs_keyword_grad["weight"], huber)
 
 
 # ---------------------------------------------------------------------------

@@ -253,3 +253,50 @@ def test_cross_entropy_in_place_fast_path_equals_the_recorded_path():
         assert recorded.requires_grad
         torch.testing.assert_close(fast, recorded.detach(), rtol=0, atol=1e-15)
     assert torch.equal(x, x0)
+
+
+# -- keyword tensors: weight= of mse/l1/huber is differentiable ----------------------------
+
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "huber_loss"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_keyword_weight_gradient_matches_autograd(name, reduction):
+    rule = manual.get(name)
+    assert rule.keyword_tensors == ("weight",)
+    g = _gen(5)
+    x, t, w = (torch.randn(3, 4, dtype=f64, generator=g) for _ in range(3))
+    kw = {"reduction": reduction, "weight": w.abs() + 0.5}
+    grads = check_backward(rule, (x, t), kw)
+    assert grads.keywords["weight"] is not None
+    check_double_backward(rule, (x, t), kw)
+    assert set(rule.all_grads(torch.ones(()) if reduction != "none" else torch.ones(3, 4, dtype=f64),
+                              x, t, **kw)) == {"input", "target", "weight"}
+
+
+def test_keyword_weight_check_catches_a_wrong_weight_gradient():
+    # planted bug: mse's mean divides by sum(w), so dL/dw_i = g (d_i^2 - L) / W; dropping -L is wrong
+    from gradcheck_kit.manual.registry import Rule
+
+    rule = manual.get("mse_loss")
+
+    def wrong(grad_output, input, target, *, needs_input_grad, needs_keyword_grad, weight=None, **kw):
+        gx, gt, kws = rule.backward_impl(grad_output, input, target, needs_input_grad=needs_input_grad,
+                                         needs_keyword_grad=needs_keyword_grad, weight=weight, **kw)
+        return gx, gt, {"weight": grad_output * (input - target) ** 2 / weight.sum()}
+
+    broken = Rule(name="mse_wrong", torch_fn=rule.torch_fn, tensor_args=rule.tensor_args, backward_impl=wrong,
+                  sample_fn=rule.sample_fn, keyword_tensors=("weight",))
+    g = _gen(6)
+    x, t = torch.randn(3, 4, dtype=f64, generator=g), torch.randn(3, 4, dtype=f64, generator=g)
+    w = torch.rand(3, 4, dtype=f64, generator=g) + 0.5
+    check_backward(rule, (x, t), {"weight": w})                      # the correct twin passes
+    with pytest.raises(AssertionError, match="d/dweight"):
+        check_backward(broken, (x, t), {"weight": w})
+
+
+def test_class_weights_stay_constants_as_torch_refuses_their_gradient():
+    x = torch.randn(4, 3, dtype=f64, requires_grad=True)
+    w = torch.rand(3, dtype=f64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        F.nll_loss(x, torch.tensor([0, 1, 2, 0]), w)
+    for name in ("nll_loss", "cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits"):
+        assert "weight" in manual.get(name).nondifferentiable
