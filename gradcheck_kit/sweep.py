@@ -5,6 +5,9 @@ For a rule with forward f and a sample (args, kwargs), with a fixed seeded cotan
     loss(**tensors)   = sum(f(*args, **kwargs) * g)          # so dloss/darg = the rule's VJP with g
     manual(**tensors) = rule.backward(g, *args, **kwargs)     # the explicit backward under test
 
+The rule's differentiable keyword tensors (``weight`` of ``mse_loss(..., weight=w)``) are
+checked too: they are inputs of ``loss`` and ``manual`` returns ``Grads.keywords`` for them.
+
     results = sweep(["conv2d", "relu"], device="cpu", dtype=torch.float64, reference="both")
     [(r.rule, r.sample, r.ok) for r in results]
 
@@ -40,31 +43,64 @@ class SweepResult:
                 "seconds": self.seconds, "report": self.report.to_dict() if self.report is not None else None}
 
 
+def _keyword_wrt(rule, kwargs) -> tuple[str, ...]:
+    """The rule's differentiable keyword tensors this sample passes (``weight`` of ``mse_loss(..., weight=w)``)."""
+    return tuple(k for k in rule.keyword_tensors
+                 if isinstance(kwargs.get(k), torch.Tensor) and kwargs[k].is_floating_point()
+                 and k not in rule.nondifferentiable)
+
+
 def _loss_and_manual(rule, sample, seed: int):
-    """(loss, manual, inputs, wrt) turning one rule sample into a ``check`` problem."""
+    """(loss, manual, inputs, wrt) turning one rule sample into a ``check`` problem.
+
+    Keyword tensors the rule declares differentiable are inputs too, under their own names
+    (a positional argument of the same name would clash; the registry forbids none, so the
+    keyword is then named ``<name>=``)."""
     args, kwargs = tuple(sample.args), dict(sample.kwargs)
     names = rule.tensor_args[: len(args)]
     mask = rule.differentiable_mask(args)
+    kw_wrt = _keyword_wrt(rule, kwargs)
+    kw_key = {k: (f"{k}=" if k in names else k) for k in kw_wrt}
     inputs = {n: a for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
-    wrt = tuple(n for n, m in zip(names, mask) if m)
+    inputs.update({kw_key[k]: kwargs[k] for k in kw_wrt})
+    wrt = tuple(n for n, m in zip(names, mask) if m) + tuple(kw_key[k] for k in kw_wrt)
 
-    def call_args(tensors):
-        return [tensors.get(n, a) if isinstance(a, torch.Tensor) else a for n, a in zip(names, args)]
+    def call(tensors):
+        pos = [tensors.get(n, a) if isinstance(a, torch.Tensor) else a for n, a in zip(names, args)]
+        kw = {**kwargs, **{k: tensors[kw_key[k]] for k in kw_wrt if kw_key[k] in tensors}}
+        return pos, kw
 
+    torch.manual_seed(seed)
     with torch.no_grad():
         out = rule.forward(*args, **kwargs)
     gen = torch.Generator().manual_seed(seed)
-    g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
+
+    def cotangent(o):  # None for integer outputs (max_pool's indices), which carry no gradient
+        if not o.is_floating_point():
+            return None
+        return torch.randn(o.shape, generator=gen, dtype=torch.float64).to(device=o.device, dtype=o.dtype)
+
+    multi = isinstance(out, tuple)  # multi-output ops (split, max(dim=)): one cotangent per output
+    g = tuple(cotangent(o) for o in out) if multi else cotangent(out)
+
+    def pair(y):
+        return sum(((o * c).sum() for o, c in zip(y, g) if c is not None)) if multi else (y * g).sum()
 
     def loss(**tensors):
         # buffers a torch function updates in place (batch_norm's running stats) get a private copy
         tensors = {n: (t if n in wrt else t.clone()) for n, t in tensors.items()}
-        return (rule.forward(*call_args(tensors), **kwargs) * g).sum()
+        pos, kw = call(tensors)
+        torch.manual_seed(seed)  # a rule drawing from the global generator (dropout) draws the same
+        return pair(rule.forward(*pos, **kw))
 
     def manual(**tensors):
         tensors = {n: (t if n in wrt else t.clone()) for n, t in tensors.items()}
-        grads = rule.backward(g, *call_args(tensors), **kwargs)
-        return {n: gr for n, gr, m in zip(names, grads, mask) if m and gr is not None}
+        pos, kw = call(tensors)
+        torch.manual_seed(seed)
+        grads = rule.backward(g, *pos, **kw)
+        out = {n: gr for n, gr, m in zip(names, grads, mask) if m and gr is not None}
+        out.update({kw_key[k]: grads.keywords[k] for k in kw_wrt if grads.keywords.get(k) is not None})
+        return out
 
     return loss, manual, inputs, wrt
 

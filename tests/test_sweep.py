@@ -68,3 +68,29 @@ def test_a_wrong_rule_is_caught_with_its_sample():
     r = rep.results[0]
     assert float(zero.args[0][r.worst_index]) == 0.0
     assert "mismatch only where the reference gradient is 0" in r.hint or "single element" in r.hint
+
+
+def test_sweep_checks_keyword_tensor_gradients():
+    results = sweep(["mse_loss"], reference="both", fd_limit=FD_LIMIT)
+    weighted = [r for r in results if "weight" in r.sample]
+    assert weighted and all(r.ok for r in weighted), [_describe(r) for r in weighted if not r.ok]
+    for r in weighted:
+        assert "weight" in {x.name for x in r.report.results}
+
+
+def test_sweep_catches_a_wrong_keyword_gradient():
+    rule = manual.get("mse_loss")
+
+    def wrong(grad_output, input, target, *, needs_input_grad, needs_keyword_grad, weight=None, **kw):
+        out = rule.backward_impl(grad_output, input, target, needs_input_grad=needs_input_grad,
+                                 needs_keyword_grad=needs_keyword_grad, weight=weight, **kw)
+        if weight is None or not needs_keyword_grad["weight"]:
+            return out
+        return out[0], out[1], {"weight": out[2]["weight"] * 1.01}
+
+    broken = Rule(name="mse_wrong", torch_fn=rule.torch_fn, tensor_args=rule.tensor_args, backward_impl=wrong,
+                  sample_fn=rule.sample_fn, keyword_tensors=("weight",))
+    weighted = next(s for s in broken.samples() if "weight" in s.kwargs)
+    rep = sample_check(broken, weighted)
+    assert not rep.ok and {r.name for r in rep.results if not r.ok} == {"weight"}
+    assert sample_check(rule, weighted).ok
