@@ -16,7 +16,7 @@ import math
 from typing import Any, Iterable
 
 __all__ = ["field", "fmt_float", "fmt_index", "fmt_shape", "fmt_dtype", "report_table", "render",
-           "inputs_json", "json_number", "failure_message", "results_of", "summary_line"]
+           "inputs_json", "nodes_table", "char_heatmap", "json_number", "failure_message", "results_of", "summary_line"]
 
 
 def field(obj: Any, key: str, default: Any = None) -> Any:
@@ -117,12 +117,36 @@ def _several_references(results: list) -> bool:
     return len({field(r, "reference") for r in results}) > 1
 
 
+def _json_value(v: Any) -> Any:
+    """A JSON-safe copy: NaN/inf -> None, tuples -> lists, tensors and other objects -> their text."""
+    if v is None or isinstance(v, (bool, str, int)):
+        return v
+    if isinstance(v, float):
+        return json_number(v)
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    try:
+        return json_number(float(v)) if not hasattr(v, "shape") else str(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
 def inputs_json(report: Any) -> list[dict]:
-    """The ``"inputs"`` list of the ``--json`` document: one entry per checked input."""
+    """The ``"inputs"`` list of the ``--json`` document: one entry per checked input and reference.
+
+    Every field of the result's ``to_dict()`` (values, counts, tolerances, kinks, fd mode,
+    order, ...), made JSON-safe, with ``name`` the label (``"x (2nd order)"`` for order 2)
+    and ``input`` the plain input name.
+    """
     out = []
     for r in results_of(report):
-        out.append({
+        d = r.to_dict() if hasattr(r, "to_dict") else (dict(r) if isinstance(r, dict) else {})
+        d = {k: _json_value(v) for k, v in d.items() if k != "tensors"}
+        d.update({
             "name": _label(r, False),
+            "input": field(r, "name"),
             "ok": bool(field(r, "ok", False)),
             "max_abs_err": json_number(field(r, "max_abs_err")),
             "max_rel_err": json_number(field(r, "max_rel_err")),
@@ -130,7 +154,73 @@ def inputs_json(report: Any) -> list[dict]:
             "hint": field(r, "hint"),
             "reference": field(r, "reference"),
         })
+        out.append(d)
     return out
+
+
+def nodes_table(nodes: Iterable[Any]):
+    """A rich table of per-operation results (``report.nodes``): op, where, verdict, errors, index, hint."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="per operation (first wrong one first)", title_justify="left")
+    for col in ("op", "where", "verdict", "max abs err", "max rel err", "worst index", "hint"):
+        table.add_column(col, justify="right" if col.startswith("max") else "left",
+                         overflow="fold" if col in ("where", "hint") else "ellipsis")
+    for n in nodes:
+        d = n.to_dict() if hasattr(n, "to_dict") else dict(n)
+        ok = bool(d.get("ok", False))
+        table.add_row(escape(str(d.get("op", "?"))), escape(str(d.get("where") or "")),
+                      "[green]ok[/green]" if ok else "[bold red]MISMATCH[/bold red]",
+                      fmt_float(d.get("max_abs_err")), fmt_float(d.get("max_rel_err")),
+                      fmt_index(d.get("worst_index")), escape(str(d.get("hint") or "")))
+    return table
+
+
+_SHADES = " .:-=+*#%@"
+
+
+def char_heatmap(result: Any, manual: Any, reference: Any, *, max_rows: int = 16, max_cols: int = 64) -> str:
+    """Where the mismatches of one 2-d or 4-d input sit, as characters.
+
+    An element mismatches where |manual - reference| > atol + rtol |reference| (the result's
+    tolerances).  A 4-d tensor (N, C, H, W) is shown as one H x W map, each cell counting the
+    mismatches over N and C; larger maps are pooled into blocks.  Darker characters mean more
+    mismatches in the cell (' ' none, '@' the most); a per-channel count follows for 4-d.
+    """
+    import numpy as np
+
+    m = np.asarray(manual.detach().cpu().double().numpy() if hasattr(manual, "detach") else manual, float)
+    r = np.asarray(reference.detach().cpu().double().numpy() if hasattr(reference, "detach") else reference, float)
+    atol = float(field(result, "atol", 0.0) or 0.0)
+    rtol = float(field(result, "rtol", 0.0) or 0.0)
+    bad = ~(np.abs(m - r) <= atol + rtol * np.abs(r))
+    name = field(result, "name", "input")
+    head = f"where {name} mismatches"
+    if bad.ndim == 4:
+        per_channel = bad.sum(axis=(0, 2, 3))
+        grid = bad.sum(axis=(0, 1)).astype(float)
+        head += f" (H x W, counted over N={bad.shape[0]} and C={bad.shape[1]})"
+    else:
+        per_channel = None
+        grid = bad.astype(float)
+    H, W = grid.shape
+    bh, bw = max(1, -(-H // max_rows)), max(1, -(-W // max_cols))
+    if bh > 1 or bw > 1:
+        ph, pw = -(-H // bh) * bh, -(-W // bw) * bw
+        padded = np.zeros((ph, pw))
+        padded[:H, :W] = grid
+        grid = padded.reshape(ph // bh, bh, pw // bw, bw).sum(axis=(1, 3))
+        head += f", {bh}x{bw} blocks"
+    top = grid.max()
+    lines = [head + ":"]
+    for row in grid:
+        cells = ["" if top == 0 else _SHADES[0 if v == 0 else 1 + int((len(_SHADES) - 2) * v / top)] for v in row]
+        lines.append("  |" + "".join(c or " " for c in cells) + "|")
+    if per_channel is not None and bad.shape[1] > 1:
+        lines.append("  mismatches per channel: " + " ".join(str(int(c)) for c in per_channel[:32])
+                     + (" ..." if bad.shape[1] > 32 else ""))
+    return "\n".join(lines)
 
 
 def report_table(report: Any, title: str | None = None):

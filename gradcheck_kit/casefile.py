@@ -4,6 +4,10 @@
     def loss(**inputs):          # ordinary torch ops; a non-scalar result is summed
     def manual(**inputs):        # optional: dict name -> explicit gradient
     WRT = ("x", "w1")            # optional
+    TOLERANCES = {"atol": 1e-6, "rtol": 1e-5, "w1": {"atol": 1e-4}}   # optional
+
+``TOLERANCES`` sets ``check``'s atol/rtol for the whole case (keys ``atol``, ``rtol``) and,
+under an input's name, for that input alone (its missing keys fall back to the case's).
 
 ``load_case(path)`` executes the file (the user's own code is the only code run) and
 checks that it defines what a case needs; ``case.make_inputs(device, dtype, seed)``
@@ -44,6 +48,19 @@ class Case:
     inputs: Callable
     manual: Callable | None
     wrt: tuple[str, ...] | None
+    tolerances: dict | None = None   # {"atol": a, "rtol": r, name: {"atol": ..., "rtol": ...}}
+
+    def tolerance_for(self, name: str | None = None) -> dict:
+        """``{"atol": ..., "rtol": ...}`` (only the keys set) for input ``name``, or for the whole case."""
+        tol = {k: v for k, v in (self.tolerances or {}).items() if k in _TOL_KEYS}
+        if name is not None:
+            tol.update((self.tolerances or {}).get(name, {}) if name not in _TOL_KEYS else {})
+        return tol
+
+    @property
+    def per_input_tolerances(self) -> dict:
+        """``{name: {"atol": ..., "rtol": ...}}`` for the inputs that TOLERANCES names."""
+        return {n: self.tolerance_for(n) for n in (self.tolerances or {}) if n not in _TOL_KEYS}
 
     @property
     def name(self) -> str:
@@ -68,6 +85,10 @@ class Case:
                 raise CaseFileError(f"{self.name}: inputs() returned a non-string key {k!r}")
             if not isinstance(v, torch.Tensor):
                 raise CaseFileError(f"{self.name}: inputs()[{k!r}] is a {type(v).__name__}, not a tensor")
+        for k in self.per_input_tolerances:
+            if k not in made:
+                raise CaseFileError(f"{self.name}: TOLERANCES names {k!r}, which is not among the inputs "
+                                    f"{sorted(made)}")
         if self.wrt is not None:
             for k in self.wrt:
                 if k not in made:
@@ -125,7 +146,42 @@ def load_case(path: str | Path) -> Case:
         if not all(isinstance(w, str) for w in wrt):
             raise CaseFileError(f"{p.name}: WRT must be a tuple of input names, got {wrt!r}")
         wrt = tuple(wrt)
-    return Case(path=p, loss=ns["loss"], inputs=ns["inputs"], manual=manual, wrt=wrt)
+    tolerances = _tolerances(ns.get("TOLERANCES"), p.name)
+    return Case(path=p, loss=ns["loss"], inputs=ns["inputs"], manual=manual, wrt=wrt, tolerances=tolerances)
+
+
+_TOL_KEYS = ("atol", "rtol")
+
+
+def _tol_value(v, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+        raise CaseFileError(f"{where} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def _tolerances(tol, fname: str) -> dict | None:
+    """Validate ``TOLERANCES``: {"atol": x, "rtol": y, "<input>": {"atol": ..., "rtol": ...}}."""
+    if tol is None:
+        return None
+    if not isinstance(tol, dict):
+        raise CaseFileError(f"{fname}: TOLERANCES must be a dict such as {{'atol': 1e-6, 'rtol': 1e-5}}, "
+                            f"got {type(tol).__name__}")
+    out: dict = {}
+    for k, v in tol.items():
+        if not isinstance(k, str):
+            raise CaseFileError(f"{fname}: TOLERANCES has a non-string key {k!r}")
+        if k in _TOL_KEYS:
+            out[k] = _tol_value(v, f"{fname}: TOLERANCES[{k!r}]")
+        elif isinstance(v, dict):
+            bad = [x for x in v if x not in _TOL_KEYS]
+            if bad or not v:
+                raise CaseFileError(f"{fname}: TOLERANCES[{k!r}] may hold only 'atol' and 'rtol', got "
+                                    f"{sorted(map(str, v)) or 'nothing'}")
+            out[k] = {x: _tol_value(y, f"{fname}: TOLERANCES[{k!r}][{x!r}]") for x, y in v.items()}
+        else:
+            raise CaseFileError(f"{fname}: TOLERANCES[{k!r}] must be a dict of 'atol'/'rtol' for input {k!r} "
+                                f"(or use the keys 'atol' and 'rtol' for the whole case)")
+    return out
 
 
 def _user_line(exc: BaseException, filename: str) -> int | None:

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from gradcheck_kit._version import __version__
@@ -45,6 +46,64 @@ class _Parser(argparse.ArgumentParser):
 
 # -- parser -------------------------------------------------------------------------
 
+DEFAULT_THREADS = 1  # one torch thread: on a shared machine more threads fight and run slower, not faster
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return v
+
+
+def _pos_float(text: str) -> float:
+    v = _nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("the step must be > 0")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _pos_int(text: str) -> int:
+    v = _nonneg_int(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return v
+
+
+def tolerance_options(p) -> None:
+    """--atol, --rtol and the finite-difference options of ``check()``."""
+    p.add_argument("--atol", type=_nonneg_float, default=None, metavar="A",
+                   help="absolute tolerance (default: per dtype, scaled to the gradient's magnitude); "
+                        "wins over the case file's TOLERANCES")
+    p.add_argument("--rtol", type=_nonneg_float, default=None, metavar="R",
+                   help="relative tolerance (default: per dtype); wins over the case file's TOLERANCES")
+    p.add_argument("--fd-mode", choices=("auto", "full", "fast"), default="auto",
+                   help="finite differences: full (every element), fast (random projections, then "
+                        "bisection to the worst element) or auto (full while cheap; default)")
+    p.add_argument("--fd-eps", type=_pos_float, default=1e-6, metavar="H", help="finite-difference step (default 1e-6)")
+    p.add_argument("--fd-projections", type=_pos_int, default=4, metavar="K",
+                   help="random directions per input in fast mode (default 4)")
+
+
+def threads_option(p) -> None:
+    p.add_argument("--threads", type=_nonneg_int, default=DEFAULT_THREADS, metavar="N",
+                   help=f"torch threads (default {DEFAULT_THREADS}, right for a shared machine; "
+                        "0 keeps torch's default of one per core)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gradcheck-kit",
@@ -60,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check the gradients of one or more case files",
                        description="Check the explicit gradients of case files (a loss, its inputs and "
-                                   "optionally manual gradients) against a reference.")
+                                   "optionally manual gradients) against a reference. Every file runs to "
+                                   "the end; errors are reported per file and the exit code is the worst.")
     p.add_argument("files", nargs="+", metavar="FILE", help="case file(s): Python files defining "
-                   "inputs(device, dtype), loss(...) and optionally manual(...) and WRT")
+                   "inputs(device, dtype), loss(...) and optionally manual(...), WRT and TOLERANCES")
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="where to run: cpu (default), cuda, or all (CPU and every visible GPU)")
     p.add_argument("--dtype", choices=DTYPES, default="float64", help="dtype of the inputs (default float64)")
@@ -71,7 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--double-backward", action="store_true",
                    help="also check second derivatives through the manual gradients")
     p.add_argument("--seed", type=int, default=0, help="seed of torch's generator before inputs() (default 0)")
-    common(p, json_help="print one JSON document instead of tables")
+    tolerance_options(p)
+    p.add_argument("--manual", choices=("case", "rules"), default="case",
+                   help="the gradients under test: the case file's manual() (default), or 'rules': the "
+                        "registry's explicit backwards applied to the loss's torch calls")
+    p.add_argument("--localize", action="store_true",
+                   help="on a mismatch, find the first operation whose gradient is wrong (per-op table)")
+    p.add_argument("--plot", metavar="DIR", help="write a PNG heatmap per failing input into DIR "
+                   "(needs matplotlib: the [plot] extra)")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (tables, hints, pictures)")
+    threads_option(p)
+    common(p, json_help="print one JSON document instead of tables (schema in the README)")
 
     p = sub.add_parser("list", help="list the registry's backward rules",
                        description="List the rules of gradcheck_kit.manual: the torch function each mirrors, "
@@ -83,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rules", nargs="*", metavar="RULE", help="rule names (default: every rule)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or all")
     p.add_argument("--dtype", choices=DTYPES, default="float64", help="dtype of the samples (default float64)")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report of the sweep")
+    threads_option(p)
     common(p, json_help="print one JSON document instead of tables")
 
     sub.add_parser("derive", add_help=False, help="exact symbolic Jacobians with sympy "
@@ -218,61 +290,290 @@ def _user_stdout_to_stderr(active: bool):
 
 # -- check ---------------------------------------------------------------------------
 
+def _set_threads(n: int) -> None:
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def _collect_warnings(into: list):
+    """Record the warnings raised inside (torch's included) into ``into``, once each, instead of printing."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        text = f"{w.category.__name__}: {_first_line(str(w.message))}"
+        if text not in into:
+            into.append(text)
+
+
+@contextlib.contextmanager
+def _activity(label: str, enabled: bool):
+    """A spinner with the elapsed time on stderr while one long step runs (terminal only)."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(file=sys.stderr, stderr=True), transient=True) as bar:
+        bar.add_task(label, total=None)
+        yield
+
+
+def _progress_enabled(json_mode: bool) -> bool:
+    return not json_mode and sys.stderr.isatty()
+
+
+def _check_options(args) -> dict:
+    import inspect
+
+    from gradcheck_kit.compare import check
+
+    opts = dict(reference=REFERENCES[args.reference], double_backward=args.double_backward, seed=args.seed,
+                fd_mode=args.fd_mode, fd_eps=args.fd_eps, fd_projections=args.fd_projections)
+    params = inspect.signature(check).parameters
+    if args.localize:
+        if "localize" not in params:
+            raise UsageError("--localize needs check(localize=True), which this version of gradcheck_kit.check "
+                             "does not accept")
+        opts["localize"] = True
+    if args.manual == "rules" and not _manual_rules_supported():
+        raise UsageError("--manual rules needs check(manual='rules'), which this version of gradcheck_kit.check "
+                         "does not accept")
+    return opts
+
+
+def _manual_rules_supported() -> bool:
+    """Whether ``check`` accepts ``manual="rules"``: one tiny call tells."""
+    import torch
+
+    from gradcheck_kit.compare import check
+
+    try:
+        check(lambda x: (x * x).sum(), {"x": torch.ones(2, dtype=torch.float64)}, "rules")
+    except Exception:  # noqa: BLE001 - any refusal means: not supported
+        return False
+    return True
+
+
+def _run_case(case, inputs, args, device, dtype, opts) -> Any:
+    """``check`` of one case on one device, with the tolerances of the command line and of TOLERANCES.
+
+    Precedence: --atol/--rtol, then the input's own TOLERANCES entry, then the case's. Inputs
+    with their own entry are re-checked on their own (``wrt=(name,)``) and replace the first
+    run's results for them.
+    """
+    from gradcheck_kit.compare import check
+
+    manual = "rules" if args.manual == "rules" else case.manual
+    cli = {k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v is not None}
+    report = check(case.loss, inputs, manual, wrt=case.wrt, device=device, dtype=dtype,
+                   **{**opts, **case.tolerance_for(None), **cli})
+    if len(cli) == 2:
+        return report
+    for name, tol in case.per_input_tolerances.items():
+        if not any(r.name == name for r in report.results):
+            continue
+        sub = check(case.loss, inputs, manual, wrt=(name,), device=device, dtype=dtype,
+                    **{**opts, **case.tolerance_for(name), **cli})
+        mine = [r for r in sub.results if r.name == name]
+        out, used = [], False
+        for r in report.results:
+            if r.name != name:
+                out.append(r)
+            elif not used:
+                out += mine
+                used = True
+        report.results[:] = out
+        report.notes += [n for n in sub.notes if n not in report.notes]
+    return report
+
+
 def _check(args) -> int:
     import torch
 
     from gradcheck_kit import _format
     from gradcheck_kit.casefile import load_case
 
+    _set_threads(args.threads)
     devices = _devices(args.device)
     dtype = getattr(torch, args.dtype)
-    reference = REFERENCES[args.reference]
+    opts = _check_options(args)
     console = _stdout_console(args.json)
     started = time.perf_counter()
+    show_progress = _progress_enabled(args.json)
+    want_pictures = bool(args.plot or args.html)
+    if want_pictures:
+        from gradcheck_kit import plot as _plot
+        _plot._plt()  # no matplotlib: one clear error before any work
 
-    entries = []
+    entries: list[dict] = []
+    errors: list[dict] = []
+    all_warnings: list[str] = []
     with _user_stdout_to_stderr(args.json):
-        cases = [load_case(f) for f in args.files]  # every file loads before anything runs
-        from gradcheck_kit.compare import check
-        for path, case in zip(args.files, cases):
+        for path in args.files:
+            caught: list[str] = []
+            try:
+                with _collect_warnings(caught):
+                    case = load_case(path)
+            except Exception as e:  # noqa: BLE001 - reported per file, the others still run
+                errors.append(_file_error(path, None, e, args.debug))
+                continue
             for device in devices:
-                inputs = case.make_inputs(device, dtype, args.seed)
+                caught = list(caught)
                 try:
-                    report = check(case.loss, inputs, case.manual, wrt=case.wrt, reference=reference,
-                                   device=device, dtype=dtype, double_backward=args.double_backward,
-                                   seed=args.seed)
-                except Exception as e:
-                    raise _CaseError(f"{case.name} ({device}, {args.dtype})", e) from e
-                entries.append({"file": str(path), "device": device, "dtype": args.dtype,
-                                "ok": bool(report.ok), "inputs": _format.inputs_json(report),
-                                "_report": report, "_case": case})
+                    with _collect_warnings(caught), _activity(f"checking {case.name} on {device}", show_progress):
+                        inputs = case.make_inputs(device, dtype, args.seed)
+                        report = _run_case(case, inputs, args, device, dtype, opts)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(_file_error(path, f"{case.name} ({device}, {args.dtype})", e, args.debug))
+                    continue
+                for w in caught:
+                    note = f"warning raised while checking: {w}"
+                    if note not in report.notes:
+                        report.notes.append(note)
+                all_warnings += [w for w in caught if w not in all_warnings]
+                entry = {"file": str(path), "device": device, "dtype": args.dtype, "ok": bool(report.ok),
+                         "inputs": _format.inputs_json(report), "report": _report_dict(report),
+                         "_report": report, "_case": case, "_pictures": []}
+                failing = [r for r in report.results if not r.ok and getattr(r, "order", 1) == 1]
+                pairs = {}
+                if failing and (want_pictures or not args.json):
+                    pairs = _failing_tensors(case, inputs, report, args)
+                if failing and want_pictures and pairs:
+                    from gradcheck_kit import plot as _plot
+                    out_dir = Path(args.plot) if args.plot else _tmp_dir()
+                    prefix = f"{Path(str(path)).stem}-{device.replace(':', '')}-"
+                    entry["_pictures"] = _plot.plot_report(report, out_dir, pairs, prefix=prefix)
+                    if args.plot:
+                        entry["pictures"] = [str(p.path) for p in entry["_pictures"]]
+                entries.append(entry)
                 if not args.json:
                     title = f"{case.name} · {device} · {args.dtype} · {_format.comparison_label(report)}"
                     console.print(_format.report_table(report, title=title))
+                    nodes = getattr(report, "nodes", None)
+                    if nodes:
+                        console.print(_format.nodes_table(nodes))
+                    for r in failing:
+                        pair = pairs.get(r.name)
+                        if pair is not None and pair[0].dim() in (2, 4):
+                            console.print(_format.char_heatmap(r, pair[0], pair[1]), markup=False,
+                                          highlight=False)
                     notes = _notes(report)
                     if notes:
                         console.print(notes, style="dim", markup=False, highlight=False)
+                    for p in entry["_pictures"] if args.plot else []:
+                        console.print(f"picture: {p.path}", markup=False, highlight=False)
 
-    ok = all(e["ok"] for e in entries)
+    ok = all(e["ok"] for e in entries) and not errors
+    code = EXIT_USAGE if errors else (EXIT_OK if ok else EXIT_MISMATCH)
     elapsed = time.perf_counter() - started
+    n_ok = sum(e["ok"] for e in entries)
+    summary = _format.summary_line(n_ok, len(entries), "case checks", elapsed)
+    failing_names = [f"{e['_case'].name} ({e['device']}): "
+                     + ", ".join(f"{i['name']} at {_format.fmt_index(i['worst_index'])}"
+                                 for i in e["inputs"] if not i["ok"])
+                     for e in entries if not e["ok"]]
+    if failing_names:
+        summary += " - mismatch in " + "; ".join(failing_names)
+    if errors:
+        summary += f"; {len(errors)} error{'s' if len(errors) > 1 else ''} in " + ", ".join(
+            Path(e["file"]).name for e in errors)
+    for e in errors:
+        if e.get("traceback"):
+            print(e["traceback"], file=sys.stderr, end="")
+        print(f"error: {e['error']}", file=sys.stderr)
+    if args.html and entries or args.html and errors:
+        _write_check_html(args, entries, errors, summary)
     if args.json:
-        _dump_json({"ok": ok, "cases": [{k: v for k, v in e.items() if not k.startswith("_")}
-                                        for e in entries]})
-    else:
-        n_ok = sum(e["ok"] for e in entries)
-        line = _format.summary_line(n_ok, len(entries), "case checks", elapsed)
-        failing = [f"{e['_case'].name} ({e['device']}): "
-                   + ", ".join(f"{i['name']} at {_format.fmt_index(i['worst_index'])}"
-                               for i in e["inputs"] if not i["ok"])
-                   for e in entries if not e["ok"]]
-        if failing:
-            line += " - mismatch in " + "; ".join(failing)
-        console.print(line, style="bold green" if ok else "bold red", markup=False, highlight=False)
-    return EXIT_OK if ok else EXIT_MISMATCH
+        if entries or len(args.files) > 1:
+            _dump_json({"ok": ok, "cases": [{k: v for k, v in e.items() if not k.startswith("_")}
+                                            for e in entries],
+                        "errors": [{k: v for k, v in e.items() if k != "traceback"} for e in errors],
+                        "warnings": all_warnings})
+    elif entries:
+        console.print(summary, style="bold green" if ok else "bold red", markup=False, highlight=False)
+    if args.html and not args.json and (entries or errors):
+        console.print(f"report: {args.html}", markup=False, highlight=False)
+    return code
+
+
+def _file_error(path, where, exc, debug: bool) -> dict:
+    """One file's error as ``{"file", "error"}``: one line naming the file (and the traceback with --debug)."""
+    from gradcheck_kit.errors import GradcheckKitError
+
+    text = _first_line(str(exc))
+    if not isinstance(exc, GradcheckKitError):
+        text = f"{type(exc).__name__}: {text}"
+        if not debug:
+            text += " (run with --debug for the traceback)"
+    name = Path(str(path)).name
+    if where:
+        text = f"{where}: {text}"
+    elif name not in text:
+        text = f"{name}: {text}"
+    out = {"file": str(path), "error": text}
+    if debug:
+        import traceback
+
+        out["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return out
+
+
+def _report_dict(report) -> dict:
+    """``report.to_dict()`` without the per-input list, which ``inputs`` already holds."""
+    d = report.to_dict() if hasattr(report, "to_dict") else {}
+    return {k: v for k, v in d.items() if k != "results"}
+
+
+def _failing_tensors(case, inputs, report, args) -> dict:
+    """(subject, reference) of each failing input, recomputed for pictures; {} if that fails."""
+    from gradcheck_kit import plot as _plot
+
+    names = {r.name for r in report.results if not r.ok}
+    kept = {r.name: r.tensors for r in report.results if getattr(r, "tensors", None) is not None}
+    if names <= set(kept):
+        return kept
+    manual = None if args.manual == "rules" else case.manual
+    if args.manual == "rules":
+        return kept
+    try:
+        with _collect_warnings([]):
+            return {**_plot.gradient_pairs(case.loss, inputs, manual, wrt=case.wrt, seed=args.seed, names=names),
+                    **kept}
+    except Exception:  # noqa: BLE001 - a picture is an extra; the table has already said everything
+        return kept
+
+
+def _tmp_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="gradcheck-kit-"))
+
+
+def _write_check_html(args, entries, errors, summary) -> None:
+    from gradcheck_kit import _format
+    from gradcheck_kit.html import Section, write_html
+
+    sections = []
+    for e in entries:
+        rep = e["_report"]
+        sections.append(Section(f"{e['_case'].name} · {e['device']} · {e['dtype']} · "
+                                f"{_format.comparison_label(rep)}", rep, pictures=list(e["_pictures"])))
+    for e in errors:
+        sections.append(Section(Path(e["file"]).name, error=e["error"]))
+    write_html(sections, args.html, title="gradcheck-kit check " + " ".join(Path(f).name for f in args.files),
+               summary=summary)
 
 
 def _notes(report) -> str:
-    """Extra lines of the report (summed loss, finite-difference mode, kinks) if it has any."""
+    """Extra lines of the report (summed loss, finite-difference mode, kinks, warnings) if it has any."""
     notes = getattr(report, "notes", None)
     if not notes:
         return ""

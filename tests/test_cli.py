@@ -92,14 +92,18 @@ def test_json_schema(good, planted, capsys):
     assert main(["check", good, planted, "--json"]) == 1
     captured = capsys.readouterr()
     doc = json.loads(captured.out)  # stdout is exactly one JSON document
-    assert set(doc) == {"ok", "cases"} and doc["ok"] is False
+    assert set(doc) == {"ok", "cases", "errors", "warnings"} and doc["ok"] is False
+    assert doc["errors"] == [] and doc["warnings"] == []
     assert [Path(c["file"]).name for c in doc["cases"]] == ["good.py", "planted.py"]
     for case in doc["cases"]:
         assert {"file", "device", "dtype", "ok", "inputs"} <= set(case)
         assert case["device"] == "cpu" and case["dtype"] == "float64"
         assert [i["name"] for i in case["inputs"]] == ["x", "w"]
+        assert {"reference", "seed", "notes"} <= set(case["report"])
         for i in case["inputs"]:
-            assert {"name", "ok", "max_abs_err", "max_rel_err", "worst_index", "hint"} <= set(i)
+            # every field of Result.to_dict(): both values, counts, tolerances, kinks, fd mode, order
+            assert {"name", "ok", "max_abs_err", "max_rel_err", "worst_index", "hint", "manual_value",
+                    "reference_value", "mismatched", "numel", "atol", "rtol", "kinks", "fd_mode", "order"} <= set(i)
             assert isinstance(i["ok"], bool) and isinstance(i["worst_index"], (list, type(None)))
     good_case, bad_case = doc["cases"]
     assert good_case["ok"] is True
