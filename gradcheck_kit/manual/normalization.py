@@ -14,11 +14,13 @@ the axes that ``w`` and ``b`` are broadcast along.  batch_norm in eval mode uses
 running statistics, which are constants: ``dL/dx = g w r``.  All of it is plain torch
 ops, so autograd differentiates it again (second derivatives).
 
-Speed (CPU, see BENCHMARKS.md): the rules receive x, not the forward's statistics, so
-they recompute them; they do it with fused reductions (one-pass E[x^2] - mu^2 while the
-data is well-conditioned, a centred pass otherwise) and build dL/dx as one per-channel
-(per-row) affine map of (g, x) in two fused passes, never materialising x - mu, xhat,
-g w or their products.
+Accuracy and speed: the rules receive x, not the forward's statistics, so they recompute
+them, always in the centred two-pass form (``mu`` corrected by ``mean(x - mu0)``, then
+``var = mean((x - mu)^2)``): in float32 a one-pass ``E[x^2] - mu^2`` loses bits to
+cancellation whenever the mean is a few standard deviations from 0, and gave 20-30x
+torch's own float32 error (tests/manual/test_accuracy.py measures every rule).  dL/dx is
+one per-channel (per-row) affine map of (g, x - mu), never materialising xhat, g w or
+their products.
 """
 
 from __future__ import annotations
@@ -62,55 +64,28 @@ def _channel_affine(t: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.
     return F.batch_norm(t, zero, torch.ones_like(zero), a.reshape(-1), c.reshape(-1), False, 0.0, 0.0)
 
 
-# one-pass statistics (E[x^2] - mu^2, sum g x - mu sum g) lose about log2(E[x^2] / var) bits to
-# cancellation; they are used while that ratio is at most this (|mu| < ~8 sigma: <= 6 bits lost),
-# else the two-pass centred form.
-ONE_PASS_MAX_RATIO = 64.0
+def _centred(x: torch.Tensor, dims, m: int):
+    """``(x - mu, mu)`` over ``dims`` with a centred two-pass mean: ``mu0 = sum(x) / m``, then
+    ``mu = mu0 + sum(x - mu0) / m``.  The correction recovers the rounding error of the first
+    sum (float32 with a mean of a few sigma: the one-pass E[x^2] - mu^2 lost up to 6 bits and
+    gave 30x torch's error on dL/dw).  Equal to the plain mean in exact arithmetic, so autograd
+    differentiates it as the mean."""
+    mu = x.sum(dims, keepdim=True) / m
+    xc = x - mu
+    corr = xc.sum(dims, keepdim=True) / m
+    return xc - corr, mu + corr
 
 
 def _batch_stats(x: torch.Tensor, dims: tuple[int, ...], m: int, eps: float):
-    """Per-channel statistics over ``dims`` as ``(base, shift, r)`` with ``x - mu = base - shift``
-    and ``r = 1 / sqrt(var + eps)`` (biased variance, as the forward uses).
-
-    Well-conditioned channels (mu^2 <= (ONE_PASS_MAX_RATIO - 1) var, checked on the one-pass
-    estimate): ``base = x``, ``shift = mu``, var = mean(x^2) - mu^2 -- two reading passes and no
-    centred copy of x.  Otherwise ``base = x - mu``, ``shift = None``, var = mean((x - mu)^2).
-    Both are the same function of x, so autograd differentiates either.
-    """
-    mu = x.sum(dims, keepdim=True) / m
-    if x.is_contiguous():  # rows of the spatial dims: (N, C, L)
-        msq = _row_sumsq(x.reshape(x.shape[0], x.shape[1], -1)).sum(0).reshape(mu.shape) / m
-    else:
-        msq = x.square().sum(dims, keepdim=True) / m
-    var = msq - mu * mu
-    if bool((msq <= ONE_PASS_MAX_RATIO * var).all()):
-        return x, mu, torch.rsqrt(var + eps)
-    xc = x - mu
-    return xc, None, torch.rsqrt(xc.square().sum(dims, keepdim=True) / m + eps)
-
-
-def _row_sumsq(t: torch.Tensor) -> torch.Tensor:
-    """sum over the last dim of t^2.
-
-    ``vector_norm(t, dim=-1)^2`` reads t once with no t^2 temporary (3-4x faster on CPU), but
-    norm's backward masks an all-zero row to 0, which would drop the second derivative of
-    norm^2 (2 I) there; so it is used only when autograd records no graph through t.
-    """
-    if torch.is_grad_enabled() and t.requires_grad:
-        return t.square().sum(-1)
-    return torch.linalg.vector_norm(t, dim=-1).square()
+    """Per-channel statistics over ``dims`` as ``(x - mu, r)``, ``r = 1 / sqrt(var + eps)``,
+    ``var = mean((x - mu)^2)`` (biased, as the forward), from the centred two-pass form."""
+    xc, _ = _centred(x, dims, m)
+    return xc, torch.rsqrt(xc.square().sum(dims, keepdim=True) / m + eps)
 
 
 def _row_stats(x2: torch.Tensor, d: int, eps: float):
-    """``_batch_stats`` for the rows of a ``(rows, d)`` matrix: ``(base, shift, r)`` with
-    ``x - mu = base - shift`` and ``(rows, 1)`` statistics; one-pass while well-conditioned."""
-    mu = x2.sum(1, keepdim=True) / d
-    msq = _row_sumsq(x2).unsqueeze(1) / d
-    var = msq - mu * mu
-    if bool((msq <= ONE_PASS_MAX_RATIO * var).all()):
-        return x2, mu, torch.rsqrt(var + eps)
-    xc = x2 - mu
-    return xc, None, torch.rsqrt(xc.square().sum(1, keepdim=True) / d + eps)
+    """``_batch_stats`` for the rows of a ``(rows, d)`` matrix: ``(x - mu, r)`` with ``(rows, 1)`` r."""
+    return _batch_stats(x2, (1,), d, eps)
 
 
 # ---------------------------------------------------------------------------
@@ -207,22 +182,20 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     # per-channel sums that are also dL/db and dL/dw:  sum_g = sum_R g,  sum_gxc = sum_R g (x - mu),
     #   dL/dx = k g + A (x - mu) - k sum_g / M,   k = r w,   A = -k r^2 sum_gxc / M,
     #   dL/dw = r sum_gxc,  dL/db = sum_g.
-    # Per element that is one affine map of (g, x) with per-channel coefficients, built in two
-    # fused passes (_channel_affine, addcmul_) instead of materialising x - mu, xhat and products.
+    # Per element that is one affine map of (g, x - mu) with per-channel coefficients
+    # (_channel_affine, then addcmul_), without materialising xhat or its products.
     sum_g = grad_output.sum(dims, keepdim=True) if (needs_input_grad[0] or needs_input_grad[4]) else None
-    base, shift, r = _batch_stats(input, dims, m, eps)  # x - mu = base - shift
+    xc, r = _batch_stats(input, dims, m, eps)
     sum_gxc = None
     if needs_input_grad[0] or needs_input_grad[3]:
-        sum_gxc = (grad_output * base).sum(dims, keepdim=True)
-        if shift is not None:  # sum_R g (x - mu) = sum_R g x - mu sum_g
-            sum_gxc = sum_gxc - shift * (sum_g if sum_g is not None else grad_output.sum(dims, keepdim=True))
+        sum_gxc = (grad_output * xc).sum(dims, keepdim=True)
     if needs_input_grad[0]:
         k = r if weight is None else r * _channel_view(weight, input)
         a = -k * r * r * sum_gxc / m
-        c0 = -k * sum_g / m if shift is None else -k * sum_g / m - a * shift
+        c0 = -k * sum_g / m
         # _channel_affine's output is fresh and its backward does not save it: adding k g in place
         # keeps the result differentiable
-        gx = _channel_affine(base, a, c0).addcmul_(k, grad_output)
+        gx = _channel_affine(xc, a, c0).addcmul_(k, grad_output)
     if needs_input_grad[3]:
         gw = (r * sum_gxc).reshape(weight.shape)
     if needs_input_grad[4]:
@@ -305,33 +278,27 @@ def layer_norm_backward(grad_output, input, weight=None, bias=None, *, needs_inp
     #   dL/dx_ij = r_i (w_j g_ij - S_i / d - (x_ij - mu_i) r_i^2 T_i / d),
     #   S_i = sum_j w_j g_ij,  T_i = sum_j w_j g_ij (x_ij - mu_i),
     #   dL/dw_j = sum_i r_i g_ij (x_ij - mu_i),  dL/db_j = sum_i g_ij.
-    # The row and column sums are matrix-vector products with g and with p = g x (one product
-    # pass), so neither xhat nor h xhat is materialised.
+    # The row and column sums are matrix-vector products with g and with p = g (x - mu), so
+    # neither xhat nor h xhat is materialised.
     x2 = input.reshape(-1, d)
     g2 = grad_output.reshape(-1, d)
     w1 = weight.reshape(d) if weight is not None else None
     gx = gw = gb = None
     if needs_input_grad[0] or needs_input_grad[1]:
-        base, shift, r = _row_stats(x2, d, eps)  # x - mu = base - shift; (rows, 1) statistics
-        p = g2 * base
+        xc, r = _row_stats(x2, d, eps)  # x - mu (centred two-pass), (rows, 1) r
+        p = g2 * xc
         if needs_input_grad[0]:
             s_i = (g2.sum(1, keepdim=True) if w1 is None else (g2 @ w1).unsqueeze(1))
             t_i = (p.sum(1, keepdim=True) if w1 is None else (p @ w1).unsqueeze(1))
-            if shift is not None:
-                t_i = t_i - shift * s_i
-            # dL/dx = r w g + a (x - mu) - r S / d,  a = -r^3 T / d, one affine map of (g, base) per row
+            # dL/dx = r w g + a (x - mu) - r S / d,  a = -r^3 T / d, one affine map of (g, x - mu) per row
             a = -r * r * r * t_i / d
-            c0 = -r * s_i / d if shift is None else -r * s_i / d - a * shift
+            c0 = -r * s_i / d
             # rows as the channels of a (1, rows, d) tensor: _channel_affine scales and shifts per row
             gh = g2 if w1 is None else g2 * w1
-            gx = _channel_affine(gh.unsqueeze(0), r, c0).addcmul_(a.unsqueeze(0), base.unsqueeze(0))
+            gx = _channel_affine(gh.unsqueeze(0), r, c0).addcmul_(a.unsqueeze(0), xc.unsqueeze(0))
             gx = gx.reshape(input.shape)
         if needs_input_grad[1]:
-            # dL/dw_j = sum_i r_i p_ij - sum_i r_i mu_i g_ij  (p = g x, or g (x - mu) when centred)
-            gw = r.reshape(-1) @ p
-            if shift is not None:
-                gw = gw - (r * shift).reshape(-1) @ g2
-            gw = gw.reshape(weight.shape)
+            gw = (r.reshape(-1) @ p).reshape(weight.shape)  # dL/dw_j = sum_i r_i g_ij (x_ij - mu_i)
     if needs_input_grad[2]:
         gb = g2.sum(0).reshape(bias.shape)
     return gx, gw, gb
