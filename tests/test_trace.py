@@ -1,0 +1,118 @@
+"""The op recording: nodes in forward order, mapped onto rules, with call sites and custom Functions."""
+
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from gradcheck_kit.trace import Ref, record, recording
+
+
+class Double(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+def conv_relu_conv(x, w1, w2):
+    z1 = F.conv2d(x, w1, padding=1)
+    a1 = F.relu(z1)
+    z2 = F.conv2d(a1, w2, None, 2, 1)
+    return torch.sum(z2 * z2)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    return dict(x=torch.randn(1, 2, 6, 6, generator=g), w1=torch.randn(3, 2, 3, 3, generator=g),
+                w2=torch.randn(2, 3, 3, 3, generator=g))
+
+
+def test_conv_relu_conv_graph():
+    inputs = _inputs()
+    before = {k: v.clone() for k, v in inputs.items()}
+    tr = record(conv_relu_conv, inputs)
+    assert [n.op for n in tr.nodes] == ["conv2d", "relu", "conv2d", "mul", "sum"]
+    c1, r, c2, m, s = tr.nodes
+    assert [n.index for n in tr.nodes] == list(range(5))
+    # values flow: inputs -> conv -> relu -> conv
+    assert c1.rule_args == (Ref(tr.inputs["x"]), Ref(tr.inputs["w1"]))
+    assert c1.rule_kwargs == {"padding": 1}
+    assert r.rule_args == (Ref(c1.outputs[0]),)
+    # positional stride/padding normalised to the rule's keywords; None bias kept as data
+    assert c2.rule_args == (Ref(r.outputs[0]), Ref(tr.inputs["w2"]), None)
+    assert c2.rule_kwargs == {"stride": 2, "padding": 1}
+    assert c2.args[2:] == (None, 2, 1)
+    assert c2.out_shapes == ((1, 2, 3, 3),) and c2.out_dtypes == (torch.float32,)
+    assert tr.values[c2.outputs[0]].producer == 2
+    assert tr.values[tr.inputs["x"]].kind == "input"
+    # call sites and the user's variable names
+    assert c1.site.where == f"test_trace.py:{conv_relu_conv.__code__.co_firstlineno + 1}"
+    assert [n.site.assigned for n in tr.nodes[:3]] == ["z1", "a1", "z2"]
+    assert c1.site.function == "conv_relu_conv" and "F.conv2d" in c1.site.code
+    assert all(n.differentiable for n in tr.nodes)
+    assert tr.outputs == (s.outputs[0],)
+    assert torch.equal(tr.result, conv_relu_conv(**inputs))
+    assert torch.equal(tr.tensor(c1.outputs[0]), F.conv2d(inputs["x"], inputs["w1"], padding=1))
+    for k in inputs:  # the caller's tensors are untouched
+        assert torch.equal(inputs[k], before[k]) and not inputs[k].requires_grad
+    assert "conv2d" in str(tr) and "z2 =" in str(tr)
+
+
+def test_custom_function_is_one_node_with_children():
+    def loss(x):
+        y = Double.apply(x)
+        return y.exp().sum()
+
+    tr = record(loss, {"x": torch.randn(3)})
+    assert tr.nodes[0].function is Double and tr.nodes[0].op == "Double"
+    assert [c.op for c in tr.nodes[0].children] == ["mul"]
+    assert tr.nodes[0].differentiable and tr.nodes[0].rule is None
+    assert tr.nodes[1].args[0] == Ref(tr.nodes[0].outputs[0])
+
+
+def test_nondifferentiable_and_missing_ops():
+    def loss(x):
+        idx = x.argmax()
+        return torch.logaddexp(x, x).view(-1)[idx] * 3
+
+    tr = record(loss, {"x": torch.randn(2, 3)})
+    argmax, lae = tr.nodes[:2]
+    assert argmax.op == "Tensor.argmax" and not argmax.differentiable
+    assert lae.op == "torch.logaddexp" and lae.rule is None and lae.differentiable
+    assert lae in tr.missing and argmax not in tr.missing
+    assert tr.nodes[-1].args[1] == 3
+
+
+def test_inplace_op_gets_a_new_value_and_keeps_the_old():
+    def loss(x):
+        y = x * 1.0
+        y.add_(1.0)
+        return y
+
+    x = torch.randn(4)
+    tr = record(loss, {"x": x}, wrt=())
+    mul, add = tr.nodes
+    assert add.args[0] == Ref(mul.outputs[0])
+    assert add.outputs[0] != mul.outputs[0]
+    torch.testing.assert_close(tr.tensor(mul.outputs[0]), x)           # value before the write
+    torch.testing.assert_close(tr.tensor(add.outputs[0]), x + 1.0)
+
+
+def test_recording_is_per_thread():
+    seen = []
+
+    def other():
+        seen.append(torch.Tensor.__torch_function__ is not None and torch.overrides._get_current_function_mode())
+
+    with recording() as rec:
+        torch.exp(torch.ones(2))
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert seen == [None]
+    assert [n.op for n in rec.trace.nodes] == ["torch.ones", "exp"]
+    assert torch.autograd.Function.apply.__func__.__name__ != "_patched_apply"
