@@ -105,3 +105,32 @@ def positive_ntuple(value, n: int, name: str) -> tuple[int, ...]:
     if any(v < 1 for v in t):
         raise InvalidParameterError(f"{name} must be positive, got {value!r}")
     return t
+
+
+def meta_output_shape(op: str, fn, input, *args, **params) -> tuple[int, ...]:
+    """Output shape of ``fn(input, *args, **params)``, found by running it on a ``meta`` tensor.
+
+    Used by shape-only rules (views, resampling) to validate their parameters and the
+    shape of ``grad_output`` without computing anything; torch's own complaint becomes
+    one ``InvalidParameterError`` naming the op.
+    """
+    meta = torch.empty(tuple(input.shape), dtype=getattr(input, "dtype", torch.float64)
+                       if isinstance(input, torch.Tensor) else torch.float64, device="meta")
+    try:
+        out = fn(meta, *args, **params)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidParameterError(f"{op}: torch rejects these parameters for an input of shape "
+                                    f"{tuple(input.shape)}: {first}") from None
+    return tuple(out.shape)
+
+
+def check_grad_shape(op: str, grad_output, shape) -> None:
+    """``grad_output`` must have the forward output's shape."""
+    from gradcheck_kit.errors import InvalidInputError
+
+    if not isinstance(grad_output, torch.Tensor):
+        raise InvalidInputError(f"{op}: grad_output must be a tensor, got {type(grad_output).__name__}")
+    if tuple(grad_output.shape) != tuple(shape):
+        raise InvalidInputError(f"{op}: grad_output has shape {tuple(grad_output.shape)} but the output "
+                                f"has shape {tuple(shape)}")
