@@ -30,6 +30,11 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 _MAX_TEXT = 2000            # characters in one --shape/--value/--param
 _MAX_SYMBOLS = 4000         # symbolic elements a derivation may create
 _MAX_PRINT = 4096           # Jacobian entries printed as a matrix
+DEFAULT_MAX_ENTRIES = 100_000  # output elements x symbolic input elements: ~10 s of sympy on one core
+_PROGRESS_ROWS = 200        # Jacobians with more rows than this show a progress bar (on a terminal)
+# keyword parameters that may stay None whatever the rule (torch's legacy and dtype arguments)
+_OPTIONAL_NONE = {"dtype", "out", "_stacklevel", "size_average", "reduce", "weight", "pos_weight", "stride",
+                  "divisor_override", "rounding_mode", "value"}
 _DTYPES = {"float64": "float64", "double": "float64", "float": "float64", "float32": "float32",
            "int64": "int64", "long": "int64", "int": "int64", "bool": "bool"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -192,7 +197,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="verify every rule that has a symbolic forward, over its samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the random point and cotangent (default 0)")
     p.add_argument("--max-elements", type=int, default=None, metavar="N",
-                   help="skip samples with more than N differentiable input elements (default 500)")
+                   help=f"size limit. A derivation (--shape) is refused before any symbolic work when its "
+                        f"estimate, output elements x symbolic input elements, exceeds N (default "
+                        f"{DEFAULT_MAX_ENTRIES}); --verify/--verify-all skip samples with more than N "
+                        f"differentiable input elements (default 500)")
+    p.add_argument("--simplify", action="store_true",
+                   help="sympy.simplify every printed output and Jacobian entry (slower)")
+    p.add_argument("--plot", metavar="FILE", help="draw the Jacobian's structure (nonzero pattern, values as "
+                   "colour) into a PNG (needs matplotlib: the [plot] extra)")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error")
     return p
 
@@ -305,6 +317,45 @@ def _inputs(rule, args, torch) -> dict:
     return inputs
 
 
+def _required_params(rule, params) -> None:
+    """A keyword parameter without a default (kernel_size, normalized_shape, ...) must be given."""
+    import inspect
+
+    sig = inspect.signature(rule.backward_impl)
+    for n, p in sig.parameters.items():
+        if (p.kind == p.KEYWORD_ONLY and p.default is p.empty and not n.startswith("needs_")
+                and n not in params):
+            raise _error_cls()(f"{rule.name} needs --param {n}=...")
+
+
+def _unset_none_params(rule, params) -> list[str]:
+    import inspect
+
+    sig = inspect.signature(rule.backward_impl)
+    return [n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and p.default is None
+            and n not in params and n not in _OPTIONAL_NONE]
+
+
+def estimate(rule, inputs, params, torch) -> tuple[int, int]:
+    """(output elements, symbolic input elements) from a numeric forward on stand-in values: no sympy."""
+    args = []
+    for name in rule.tensor_args:
+        spec = inputs.get(name)
+        if isinstance(spec, tuple):
+            spec = torch.full(spec, 0.5, dtype=torch.float64)
+        args.append(spec)
+    while args and args[-1] is None:
+        args.pop()
+    n_sym = sum(math.prod(s) for s in inputs.values() if isinstance(s, tuple))
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        out = rule.forward(*args, **params)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return sum(int(o.numel()) for o in outs if hasattr(o, "numel")), n_sym
+
+
 def _derive(args) -> int:
     import sympy
     import torch
@@ -314,14 +365,36 @@ def _derive(args) -> int:
 
     rule = _rule(args.rule)
     params = _params(rule, args.param)
+    _required_params(rule, params)
     inputs = _inputs(rule, args, torch)
+    limit = args.max_elements if args.max_elements is not None else DEFAULT_MAX_ENTRIES
+    try:
+        n_out, n_sym = estimate(rule, inputs, params, torch)
+    except Exception:  # noqa: BLE001 - torch refused: the symbolic forward below says why, in its words
+        n_out, n_sym = None, None
+    if n_out is not None and n_out * n_sym > limit:
+        raise _error_cls()(f"{rule.name} on these shapes has {n_out} output elements x {n_sym} symbolic inputs "
+                           f"= {n_out * n_sym} Jacobian entries to build, more than --max-elements {limit}; "
+                           f"use smaller shapes (or raise --max-elements)")
     try:
         d = derive.derivation(rule, inputs, params, args.wrt)
     except GradcheckKitError:
         raise
     except Exception as e:  # the rule's symbolic forward refused these inputs
+        unset = _unset_none_params(rule, params)
+        if unset:
+            raise InvalidInputError(f"{rule.name} needs --param {unset[0]}=... (its symbolic forward failed "
+                                    f"without it: {_first_line(e)})") from e
         raise InvalidInputError(f"{rule.name} cannot run on these inputs: {_first_line(e)}") from e
     m, n = d.output.size, len(d.wrt_symbols)
+    with _bar("Jacobian rows", m, enabled=m > _PROGRESS_ROWS and sys.stderr.isatty()) as tick:
+        d.jacobian(progress=tick)
+    if args.simplify:
+        d = d.simplified()
+    if args.plot:
+        from gradcheck_kit import plot
+
+        plot.jacobian_picture(d, args.plot)
     if m * n <= _MAX_PRINT:
         print(d.latex() if args.latex else d.pretty())
     else:
@@ -330,6 +403,8 @@ def _derive(args) -> int:
         fwd = sympy.latex(d.forward()) if args.latex else sympy.pretty(d.forward())
         print(f"{d._header()}\n\ny =\n{fwd}\n\nJacobian: {m} x {n}, {nnz} nonzeros "
               f"(more than {_MAX_PRINT} entries: not printed; use smaller shapes)")
+    if args.plot:
+        print(f"picture: {args.plot}")
     if not args.verify:
         return EXIT_OK
     sample = _sample_from(rule, inputs, params, args.seed, torch)
@@ -338,6 +413,30 @@ def _derive(args) -> int:
     for r in res:
         print(f"verify: {r}")
     return EXIT_OK if all(r.ok for r in res) else EXIT_MISMATCH
+
+
+class _bar:
+    """A rich progress bar on stderr for ``total`` steps; yields ``tick(i, total)``. Silent when disabled."""
+
+    def __init__(self, label: str, total: int, *, enabled: bool):
+        self.label, self.total, self.enabled, self._p = label, total, enabled, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=Console(stderr=True), transient=True)
+        self._p.__enter__()
+        task = self._p.add_task(self.label, total=self.total)
+        return lambda i, total: self._p.update(task, completed=i + 1)
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+        return False
 
 
 def _sample_from(rule, inputs, params, seed, torch):
@@ -399,7 +498,7 @@ def _verify_all(args) -> int:
         print("no rule has a symbolic forward")
         return EXIT_OK
     results, crashed = [], []
-    err_console = Console(stderr=True)
+    err_console = Console(stderr=True, quiet=not sys.stderr.isatty())
     with Progress(TextColumn("[bold]derive --verify-all[/] {task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("", total=len(names))

@@ -610,9 +610,12 @@ def _list(args) -> int:
 
     rows, known = [], _torch_names()
     for rule in manual.rules():
+        mirrors = list(getattr(rule, "mirrors_all", None) or [getattr(rule, "mirrors_name", None)
+                                                               or _torch_name(rule.torch_fn, known)])
         rows.append({
             "name": rule.name,
-            "torch_function": _torch_name(rule.torch_fn, known),
+            "torch_function": mirrors[0],
+            "mirrors": mirrors,
             "tensor_args": list(rule.tensor_args),
             "differentiable_backward": bool(rule.differentiable_backward),
             "symbolic": bool(rule.has_symbolic),
@@ -629,7 +632,7 @@ def _list(args) -> int:
     table.add_column("differentiable backward")
     table.add_column("symbolic forward")
     for r in rows:
-        table.add_row(r["name"], r["torch_function"], ", ".join(r["tensor_args"]),
+        table.add_row(r["name"], "\n".join(r["mirrors"]), ", ".join(r["tensor_args"]),
                       "yes" if r["differentiable_backward"] else "no", "yes" if r["symbolic"] else "no")
     _stdout_console(False).print(table)
     return EXIT_OK
@@ -651,6 +654,7 @@ def _sweep(args) -> int:
             raise
         raise UsageError("gradcheck_kit.sweep is not available in this installation") from e
 
+    _set_threads(args.threads)
     devices = _devices(args.device)
     dtype = getattr(torch, args.dtype)
     names = list(args.rules) or None
@@ -658,9 +662,11 @@ def _sweep(args) -> int:
     started = time.perf_counter()
 
     results = []
-    with _user_stdout_to_stderr(args.json):
+    caught: list[str] = []
+    with _user_stdout_to_stderr(args.json), _collect_warnings(caught):
         for device in devices:
-            results += [(device, r) for r in _run_sweep(sweep_mod, names, device, dtype)]
+            results += [(device, r) for r in _run_sweep(sweep_mod, names, device, dtype,
+                                                        _progress_enabled(args.json))]
 
     entries = []
     for device, r in results:
@@ -675,8 +681,10 @@ def _sweep(args) -> int:
     ok = all(e["ok"] for e in entries)
     elapsed = time.perf_counter() - started
 
+    if args.html:
+        _write_sweep_html(args, results, entries, caught, elapsed)
     if args.json:
-        _dump_json({"ok": ok, "rules": entries})
+        _dump_json({"ok": ok, "rules": entries, "warnings": caught})
         return EXIT_OK if ok else EXIT_MISMATCH
 
     from rich.table import Table
@@ -705,14 +713,41 @@ def _sweep(args) -> int:
             + (f" ({i['hint']})" if i["hint"] else "") for i in e["inputs"] if not i["ok"])
         console.print(f"FAIL {e['rule']} {e['sample']} ({e['device']}, {e['dtype']}): {detail}",
                       style="red", markup=False, highlight=False)
+    for w in caught:
+        console.print(f"warning (once): {w}", style="yellow", markup=False, highlight=False)
     n_ok = sum(e["ok"] for e in entries)
     console.print(_format.summary_line(n_ok, len(entries), "rule samples", elapsed),
                   style="bold green" if ok else "bold red", markup=False, highlight=False)
+    if args.html:
+        console.print(f"report: {args.html}", markup=False, highlight=False)
     return EXIT_OK if ok else EXIT_MISMATCH
 
 
-def _run_sweep(sweep_mod, names, device, dtype) -> list:
-    """``sweep_mod.sweep(...)`` with a rich progress bar on stderr."""
+def _write_sweep_html(args, results, entries, caught, elapsed) -> None:
+    from gradcheck_kit import _format
+    from gradcheck_kit.html import Section, write_html
+
+    n_ok = sum(e["ok"] for e in entries)
+    summary = _format.summary_line(n_ok, len(entries), "rule samples", elapsed)
+    per_rule: dict = {}
+    for e in entries:
+        row = per_rule.setdefault((e["rule"], e["device"]), {"rule": e["rule"], "device": e["device"],
+                                                              "samples": 0, "failed": 0, "ok": True})
+        row["samples"] += 1
+        row["failed"] += not e["ok"]
+        row["ok"] = row["ok"] and e["ok"]
+    sections = [Section(f"sweep · {args.dtype} · reference autograd", rows=list(per_rule.values()),
+                        notes=[f"warning (once): {w}" for w in caught])]
+    for device, r in results:
+        if _format.field(r, "ok"):
+            continue
+        title = f"{_format.field(r, 'rule')} [{_format.field(r, 'sample')}] · {device} · {args.dtype}"
+        sections.append(Section(title, _format.field(r, "report"), error=_format.field(r, "error")))
+    write_html(sections, args.html, title=f"gradcheck-kit sweep ({args.dtype})", summary=summary)
+
+
+def _run_sweep(sweep_mod, names, device, dtype, show: bool = True) -> list:
+    """``sweep_mod.sweep(...)`` with a rich progress bar on stderr (on a terminal, not with --json)."""
     import inspect
 
     from rich.console import Console
@@ -720,6 +755,8 @@ def _run_sweep(sweep_mod, names, device, dtype) -> list:
 
     fn = sweep_mod.sweep
     params = inspect.signature(fn).parameters
+    if not show:
+        return list(fn(names, device=device, dtype=dtype))
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(file=sys.stderr, stderr=True), transient=True) as bar:
         task = bar.add_task(f"sweep {device}", total=None)

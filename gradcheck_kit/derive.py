@@ -152,10 +152,13 @@ def _by_symbol(expr: sympy.Basic, wanted) -> dict:
     return groups
 
 
-def _sparse_jacobian(out: np.ndarray, wrt_syms: Sequence[sympy.Symbol]) -> sympy.MatrixBase:
+def _sparse_jacobian(out: np.ndarray, wrt_syms: Sequence[sympy.Symbol],
+                     progress: Callable[[int, int], None] | None = None) -> sympy.MatrixBase:
     col = {s: j for j, s in enumerate(wrt_syms)}
     entries = {}
     for i, y in enumerate(out.flat):
+        if progress is not None:
+            progress(i, out.size)
         if not isinstance(y, sympy.Basic):
             continue
         for s, terms in _by_symbol(y, col).items():
@@ -183,11 +186,21 @@ class Derivation:
     def wrt_symbols(self) -> list:
         return [s for n in self.wrt for s in _symbols_of(self.arrays[n])]
 
-    def jacobian(self) -> sympy.MatrixBase:
-        """d vec(output) / d vec(wrt): rows follow the output's row-major order, columns the inputs'."""
+    def jacobian(self, progress: Callable[[int, int], None] | None = None) -> sympy.MatrixBase:
+        """d vec(output) / d vec(wrt): rows follow the output's row-major order, columns the inputs'.
+
+        ``progress(row, rows)`` is called before each row is differentiated (for a progress bar).
+        """
         if self._jac is None:
-            self._jac = _sparse_jacobian(self.output, self.wrt_symbols)
+            self._jac = _sparse_jacobian(self.output, self.wrt_symbols, progress)
         return self._jac
+
+    def simplified(self) -> "Derivation":
+        """The same derivation with ``sympy.simplify`` applied to every output and Jacobian entry."""
+        out = _symbolic.asarray(np.vectorize(lambda e: sympy.simplify(e) if isinstance(e, sympy.Basic) else e,
+                                             otypes=[object])(self.output))
+        jac = self.jacobian().applyfunc(sympy.simplify)
+        return Derivation(self.name, self.arrays, out, self.wrt, jac)
 
     def gradient(self) -> sympy.MatrixBase:
         if self.output.size != 1:

@@ -345,7 +345,7 @@ def jacobian_picture(jacobian, path, *, title: str | None = None, max_side: int 
             continue
         if v != 0:
             vals[i, j] = v
-    fig_w = min(max(cols / 8, 4), 16)
+    fig_w = min(max(cols / 8, 6.5), 16)
     fig_h = min(max(rows / 8, 3), 16) + 0.8
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), constrained_layout=True)
     ax.imshow(np.where(symbolic, 1.0, np.nan), cmap="Greys", vmin=0, vmax=2, interpolation="nearest",
