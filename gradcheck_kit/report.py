@@ -37,7 +37,8 @@ class Result:
     hint: str | None = None
     reference: str = "autograd"       # what the subject was compared with
     subject: str = "manual"           # "manual", or "autograd" when no manual was given
-    order: int = 1                    # 2: Hessian-vector products (double_backward=True)
+    order: int = 1                    # 2: Hessian-vector products (double_backward=True); N: order=N
+    mode: str | None = None           # "forward_ad", "order", "batched", "compiled" (modes/, references/compiled.py)
     max_abs_index: tuple | None = None
     max_rel_index: tuple | None = None
     fd_mode: str | None = None        # "full" | "fast" when reference is finite-difference
@@ -49,8 +50,8 @@ class Result:
 
     @property
     def label(self) -> str:
-        extra = "" if self.order == 1 else " (2nd order)"
-        return f"{self.name}{extra}"
+        extra = "" if self.order == 1 else " (2nd order)" if self.order == 2 else f" (order {self.order})"
+        return f"{self.name}{extra}" + (f" [{self.mode}]" if self.mode else "")
 
     def to_dict(self) -> dict:
         d = asdict(self)
