@@ -40,13 +40,15 @@ class DeviceRun:
     """One device's run of ``check``: the private copies, the subject, then each reference in turn."""
 
     def __init__(self, report, dev, *, loss, inputs, manual, wrt, refs, dtype, atol, rtol, double_backward,
-                 seed, fd_mode, fd_limit, fd_eps, fd_projections, fd_work, repeat, diagnose, allow_unused):
+                 seed, fd_mode, fd_limit, fd_eps, fd_projections, fd_work, repeat, diagnose, allow_unused,
+                 modes=(), compile_options=None):
         self.report, self.loss, self.inputs, self.manual = report, loss, inputs, manual
         self.wrt, self.refs, self.dtype, self.user_atol, self.user_rtol = wrt, refs, dtype, atol, rtol
         self.double_backward, self.seed = double_backward, seed
         self.fd_mode, self.fd_limit, self.fd_eps, self.fd_projections = fd_mode, fd_limit, fd_eps, fd_projections
         self.fd_work = fd_work
         self.diagnose, self.allow_unused = diagnose, allow_unused
+        self.modes, self.compile_options = modes, compile_options  # modes/; references/compiled.py
         self.run_fn = _Runner(seed)
         self.fd_noise = 0.0  # set by the finite-difference reference: rounding floor of its tolerance
         self.work = {n: _copy(t, dev, dtype) for n, t in inputs.items()}
@@ -73,6 +75,8 @@ class DeviceRun:
         results = []
         for key in self.refs:
             results += REFERENCES[key].compare(self, subject)
+        for mode in self.modes:  # forward AD, orders above 2, batched, complex labels (gradcheck_kit/modes/)
+            results += mode.run(self, subject, results)
         rep.results += results
         rep.summed = rep.summed or bool(self.info.get("summed"))
         if "shape" in self.info:
