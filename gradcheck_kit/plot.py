@@ -327,7 +327,7 @@ def jacobian_picture(jacobian, path, *, title: str | None = None, max_side: int 
 
     plt = _plt()
     header = None
-    if hasattr(jacobian, "jacobian") and callable(jacobian.jacobian):
+    if hasattr(jacobian, "wrt_symbols"):  # a derive.Derivation
         header = jacobian._header() if hasattr(jacobian, "_header") else None
         jacobian = jacobian.jacobian()
     rows, cols = (jacobian.shape if hasattr(jacobian, "shape") else np.asarray(jacobian).shape)
