@@ -21,12 +21,14 @@ from typing import Callable, Mapping
 
 import torch
 
+from gradcheck_kit import _pytree
+from gradcheck_kit import modes as _modes
 from gradcheck_kit._check_errors import InvalidParameterError
 from gradcheck_kit._device import DeviceRun
 from gradcheck_kit._diff import tolerances
 from gradcheck_kit._inputs import _parse_devices, _parse_dtype, _validate
 from gradcheck_kit.errors import GradcheckKitError
-from gradcheck_kit.references import ALIASES
+from gradcheck_kit.references import ALIASES, expand
 from gradcheck_kit.report import Report, Result
 
 __all__ = ["check", "assert_grads_match", "Report", "Result", "tolerances", "GradcheckKitError",
@@ -43,7 +45,8 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
           rtol: float | None = None, double_backward: bool = False, seed: int = 0,
           fd_mode: str = "auto", fd_limit: int | None = DEFAULT_FD_LIMIT, fd_eps: float = 1e-6,
           fd_projections: int = 4, fd_work: float | None = DEFAULT_FD_WORK, repeat: int | None = None, diagnose: bool = True,
-          allow_unused: bool = False) -> Report:
+          allow_unused: bool = False, forward_ad: bool = False, order: int | None = None, batched: bool = False,
+          compile_options: dict | None = None) -> Report:
     """Compare ``manual``'s gradients of ``loss`` (or autograd's, with no ``manual``) with a reference.
 
     ``loss(**inputs)`` returns a tensor (summed if not scalar); ``manual(**inputs)`` returns
@@ -60,7 +63,19 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     subject's backward runs (default 2 on CUDA, to measure nondeterminism, else 1); ``diagnose=False`` skips the hints; ``allow_unused=True``
     takes an input the loss does not reach (autograd has no path from it) as having gradient 0
     instead of raising.
+
+    gradcheck/check_grads parity (docs/parity.md): ``inputs`` may hold ``nn.Module``s and nested
+    dicts/lists/tuples (flat names ``key.<parameter name>``; ``wrt`` takes globs) and complex tensors
+    (torch's Wirtinger convention); ``forward_ad=True`` checks the loss's forward-mode derivatives;
+    ``order=N`` checks derivatives up to order N (2 is ``double_backward=True``); ``batched=True``
+    the backward under ``torch.func.vmap``; ``reference="compiled"`` (or a list such as
+    ``["both", "compiled"]``) autograd of ``torch.compile(loss, **compile_options)``.
     """
+    prepared = _pytree.prepare(loss, inputs, manual, wrt)  # modules, nested containers, complex -> flat names
+    loss, inputs, manual, wrt = prepared.loss, prepared.inputs, prepared.manual, prepared.wrt
+    reference = expand(reference)
+    modes = _modes.select(forward_ad=forward_ad, order=order, batched=batched, complex_names=prepared.complex_names)
+    double_backward = double_backward or (order is not None and order >= 2)
     wrt = _validate(loss, inputs, manual, wrt, reference, ALIASES)
     dtype = _parse_dtype(dtype)
     devices = _parse_devices(device, inputs)
@@ -68,12 +83,14 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
         raise InvalidParameterError(f"fd_mode={fd_mode!r} is not one of 'auto', 'full' and 'fast'.")
     refs = ALIASES[reference]
     if manual is None:  # autograd itself is the subject: finite differences are the oracle
-        refs = ("fd",) + (("autograd",) if "autograd" in refs and reference == "both" else ())
+        others = tuple(k for k in refs if k not in ("autograd", "fd"))  # "compiled": eager against compiled
+        base = ("fd",) + (("autograd",) if "autograd" in refs and reference == "both" else ())
+        refs = others if others and len(others) == len(refs) else base + others
     report = Report(reference=reference, double_backward=double_backward, seed=seed)
     opts = dict(loss=loss, inputs=inputs, manual=manual, wrt=wrt, refs=refs, dtype=dtype, atol=atol, rtol=rtol,
                 double_backward=double_backward, seed=seed, fd_mode=fd_mode, fd_limit=fd_limit, fd_eps=fd_eps,
                 fd_projections=fd_projections, fd_work=fd_work, repeat=repeat, diagnose=diagnose,
-                allow_unused=allow_unused)
+                allow_unused=allow_unused, modes=modes, compile_options=compile_options)
     for dev in devices:
         DeviceRun(report, dev, **opts).run()
     if report.summed:
