@@ -86,6 +86,9 @@ def _check_differentiable(name, t):
     if not isinstance(t, torch.Tensor):
         raise InvalidInputError(f"input {name!r} in wrt is a {type(t).__name__}, not a tensor; only "
                                 f"floating-point tensors have gradients.")
+    if t.is_complex():
+        return  # checked as (real, imag) pairs in torch's Wirtinger convention (modes/complex.py)
     if not t.is_floating_point():
-        raise InvalidInputError(f"input {name!r} in wrt is an integer/bool tensor ({t.dtype}); only "
-                                f"floating-point tensors have gradients (leave it out of wrt).")
+        kind = "a bool" if t.dtype == torch.bool else "an integer"
+        raise InvalidInputError(f"input {name!r} in wrt is {kind} tensor ({t.dtype}); only floating-point and "
+                                f"complex tensors have gradients (leave it out of wrt).")
