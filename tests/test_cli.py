@@ -260,7 +260,7 @@ def test_sweep_one_rule_json(capsys):
     code = main(["sweep", rule, "--json"])
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
-    assert set(doc) == {"ok", "rules"}
+    assert set(doc) == {"ok", "rules", "warnings"}
     assert doc["rules"] and {e["rule"] for e in doc["rules"]} == {rule}
     for e in doc["rules"]:
         assert {"rule", "sample", "device", "dtype", "ok", "inputs"} <= set(e)
@@ -320,7 +320,7 @@ def test_help_does_not_import_torch_and_is_fast():
     code = ("import sys, time; t = time.perf_counter(); from gradcheck_kit.cli import main\n"
             "for argv in (['--help'], ['--version'], ['check', '--help']):\n"
             "    assert main(argv) == 0\n"
-            "heavy = [m for m in ('torch', 'rich', 'numpy', 'sympy') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'rich', 'numpy', 'sympy', 'matplotlib') if m in sys.modules]\n"
             "print('HEAVY', heavy, 'SECONDS', time.perf_counter() - t, file=sys.stderr)")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -328,3 +328,195 @@ def test_help_does_not_import_torch_and_is_fast():
     assert "HEAVY []" in proc.stderr, proc.stderr
     seconds = float(proc.stderr.split("SECONDS")[1])
     assert seconds < 0.3, f"importing gradcheck_kit.cli and printing --help took {seconds:.2f} s"
+
+
+# -- tolerance and finite-difference options, TOLERANCES, threads ----------------------
+
+def test_atol_rtol_options_reach_check(planted, capsys):
+    assert main(["check", planted]) == 1
+    capsys.readouterr()
+    assert main(["check", planted, "--atol", "2", "--json"]) == 0  # the planted error is 1.0
+    doc = json.loads(capsys.readouterr().out)
+    assert all(i["atol"] == 2.0 for i in doc["cases"][0]["inputs"])
+    assert main(["check", planted, "--rtol", "1e-3", "--atol", "0", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert all(i["rtol"] == 1e-3 and i["atol"] == 0.0 for i in doc["cases"][0]["inputs"])
+
+
+@pytest.mark.parametrize("argv", [["--atol", "-1"], ["--rtol", "nan"], ["--fd-eps", "0"], ["--fd-mode", "slow"],
+                                  ["--fd-projections", "0"], ["--threads", "-2"]])
+def test_bad_option_values_exit_2(good, argv, capsys):
+    assert main(["check", good, *argv]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_fd_options_reach_check(planted, good, capsys):
+    assert main(["check", planted, "--reference", "fd", "--fd-mode", "fast", "--fd-projections", "3",
+                 "--fd-eps", "1e-5", "--json"]) == 1  # fast mode still catches the planted element
+    doc = json.loads(capsys.readouterr().out)
+    x = doc["cases"][0]["inputs"][0]
+    assert x["fd_mode"] == "fast" and x["projections"] == 3 and x["worst_index"] == [1, 0, 2, 3]
+    assert main(["check", good, "--reference", "fd", "--fd-mode", "fast", "--json"]) == 0
+    capsys.readouterr()
+
+
+def test_threads_option(good, capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["check", good, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert main(["check", good, "--threads", "0"]) == 0  # 0: leave torch's setting alone
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("tolerances, code", [
+    ('{"atol": 2.0}', 0),                          # the whole case: the planted 1.0 passes
+    ('{"x": {"atol": 2.0}}', 0),                   # only x, where the planted error sits
+    ('{"w": {"atol": 2.0}}', 1),                   # only w: x still fails
+    ('{"atol": 2.0, "x": {"atol": 1e-9}}', 1),     # the input's own entry wins over the case's
+])
+def test_case_file_tolerances(tmp_path, tolerances, code, capsys):
+    path = write(tmp_path, "tol.py", PLANTED + f"\nTOLERANCES = {tolerances}\n")
+    assert main(["check", path, "--json"]) == code
+    doc = json.loads(capsys.readouterr().out)
+    assert [i["name"] for i in doc["cases"][0]["inputs"]] == ["x", "w"]  # order kept after re-checks
+
+
+def test_command_line_tolerance_wins_over_the_case_file(tmp_path, capsys):
+    path = write(tmp_path, "tol.py", PLANTED + '\nTOLERANCES = {"atol": 2.0, "x": {"atol": 2.0}}\n')
+    assert main(["check", path, "--atol", "1e-9", "--rtol", "1e-9"]) == 1
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("tolerances, needle", [
+    ('[1e-6]', "TOLERANCES must be a dict"), ('{"atol": -1}', ">= 0"), ('{"x": {"tol": 1}}', "'atol' and 'rtol'"),
+    ('{"q": {"atol": 1}}', "'q'"), ('{"x": 3}', "must be a dict"),
+])
+def test_bad_tolerances_exit_2(tmp_path, tolerances, needle, capsys):
+    path = write(tmp_path, "tol.py", GOOD + f"\nTOLERANCES = {tolerances}\n")
+    assert main(["check", path]) == 2
+    assert needle in one_error_line(capsys.readouterr().err)
+
+
+# -- several files, warnings -------------------------------------------------------------
+
+def test_several_files_run_to_the_end_with_per_file_errors_and_the_worst_exit_code(tmp_path, good, planted,
+                                                                                     capsys):
+    broken = write(tmp_path, "broken.py", BAD_CASES["manual_raises"][0])
+    missing = str(tmp_path / "missing.py")
+    assert main(["check", good, broken, missing, planted]) == 2
+    captured = capsys.readouterr()
+    errs = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(errs) == 2 and all(ln.startswith("error: ") for ln in errs)
+    assert "broken.py" in errs[0] and "RuntimeError" in errs[0] and "missing.py" in errs[1]
+    assert "good.py" in captured.out and "planted.py" in captured.out  # both ran, after the errors
+    last = captured.out.strip().splitlines()[-1]
+    assert "1/2 case checks FAILED" in last and "2 errors in broken.py, missing.py" in last
+    assert main(["check", good, planted]) == 1  # no error: the worst is the mismatch
+    capsys.readouterr()
+
+
+def test_several_files_json_lists_errors(tmp_path, good, capsys):
+    missing = str(tmp_path / "missing.py")
+    assert main(["check", missing, good, "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and [Path(c["file"]).name for c in doc["cases"]] == ["good.py"]
+    assert [Path(e["file"]).name for e in doc["errors"]] == ["missing.py"]
+    assert "does not exist" in doc["errors"][0]["error"]
+
+
+WARNS = GOOD.replace("def loss(x, w, label):\n",
+                     "import warnings\n\ndef loss(x, w, label):\n"
+                     "    warnings.warn('loss says: mind the padding', UserWarning)\n"
+                     "    F.conv2d(x, w[:, :, :2, :2], padding='same')  # torch warns about even kernels\n")
+
+
+def test_warnings_are_collected_into_the_report_once(tmp_path, capsys):
+    path = write(tmp_path, "warns.py", WARNS)
+    assert main(["check", path, "--reference", "both"]) == 0  # the loss runs many times
+    captured = capsys.readouterr()
+    assert "mind the padding" not in captured.err and "Warning" not in captured.err
+    assert captured.out.count("loss says: mind the padding") == 1
+    assert main(["check", path, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["warnings"] and sum("mind the padding" in w for w in doc["warnings"]) == 1
+    assert sum("mind the padding" in n for n in doc["cases"][0]["report"]["notes"]) == 1
+
+
+# -- terminal views -----------------------------------------------------------------------
+
+def test_character_heatmap_shows_where_the_mismatch_sits(planted, capsys):
+    assert main(["check", planted]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("where x mismatches"))
+    grid = [ln.strip()[1:-1] for ln in lines[i + 1:i + 6]]  # 5 x 5 map of (H, W)
+    assert [(r, c) for r, row in enumerate(grid) for c, ch in enumerate(row) if ch != " "] == [(2, 3)]
+    assert "mismatches per channel: 1 0" in out
+
+
+def test_nodes_table_formats_per_operation_results():
+    from gradcheck_kit import _format
+
+    class Node:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def to_dict(self):
+            return self.kw
+
+    text = _format.render(_format.nodes_table([
+        Node(op="conv2d", where="loss.py:12", ok=False, max_abs_err=1.5, max_rel_err=0.3, worst_index=(0, 1),
+             hint="flipped kernel"),
+        Node(op="relu", where="loss.py:13", ok=True, max_abs_err=0.0, max_rel_err=0.0, worst_index=None, hint=None)]))
+    assert "conv2d" in text and "MISMATCH" in text and "flipped kernel" in text and "(0, 1)" in text
+    assert "relu" in text and "ok" in text
+
+
+def _check_accepts(feature: str) -> bool:
+    import inspect
+
+    from gradcheck_kit import cli, compare
+
+    if feature == "localize":
+        return "localize" in inspect.signature(compare.check).parameters
+    return cli._manual_rules_supported()
+
+
+@pytest.mark.parametrize("flag, feature", [(["--localize"], "localize"), (["--manual", "rules"], "manual='rules'")])
+def test_rules_and_localize_flags(good, planted, flag, feature, capsys):
+    if not _check_accepts(feature.split("=")[0]):
+        assert main(["check", good, *flag]) == 2
+        assert feature.split("=")[0] in one_error_line(capsys.readouterr().err)
+        pytest.skip(f"check() does not accept {feature} yet; the flag refuses with one error line")
+    code = main(["check", planted if flag == ["--localize"] else good, *flag])
+    out = capsys.readouterr().out
+    assert code == (1 if flag == ["--localize"] else 0)
+    if flag == ["--localize"]:
+        assert "per operation" in out
+
+
+def test_list_shows_every_mirrored_callable(capsys):
+    from gradcheck_kit import manual
+
+    assert main(["list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["rules"]}
+    for name in manual.names():
+        assert rows[name]["mirrors"] == list(manual.get(name).mirrors_all)
+    if "layer_norm" in rows:  # its torch_fn is an internal wrapper; the table names torch's function
+        assert rows["layer_norm"]["mirrors"][0] == "torch.nn.functional.layer_norm"
+        assert main(["list"]) == 0
+        out = capsys.readouterr().out
+        ln = next(line for line in out.splitlines() if "layer_norm" in line)
+        assert "torch.nn.functional.layer_norm" in ln
+
+
+def test_no_progress_bars_off_a_terminal_or_with_json():
+    from gradcheck_kit import cli
+
+    assert cli._progress_enabled(True) is False
+    assert cli._progress_enabled(False) is sys.stderr.isatty()
