@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from gradcheck_kit import derive, manual
 from gradcheck_kit.errors import GradcheckKitError
+from gradcheck_kit.cli import main as cli_main
 from gradcheck_kit.manual import _symbolic
 from gradcheck_kit.manual.registry import Sample
 from gradcheck_kit import _cli_derive
@@ -353,3 +354,62 @@ def test_parse_literal_accepts_only_literals():
             p(bad, what="x", allow_str=True)
     with pytest.raises(GradcheckKitError):
         p("same", what="x")  # words only where allowed (--param)
+
+
+# -- size limit, missing parameters, --simplify (issue 13) --------------------------------
+
+def test_cli_refuses_a_big_derivation_before_any_symbolic_work(capsys, monkeypatch):
+    from gradcheck_kit import derive
+
+    def boom(*a, **kw):  # the refusal must come from the estimate alone
+        raise AssertionError("derivation() ran")
+
+    monkeypatch.setattr(derive, "derivation", boom)
+    code = cli_main(["derive", "conv2d", "--shape", "input=1,1,40,40", "--shape", "weight=1,1,3,3", "--wrt", "input"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "1444 output elements x 1609 symbolic inputs = 2323396" in err and "--max-elements 100000" in err
+
+
+def test_cli_max_elements_sets_the_limit(capsys):
+    argv = ["derive", "conv1d", "--shape", "input=1,1,6", "--shape", "weight=1,1,2", "--wrt", "input"]
+    assert cli_main(argv + ["--max-elements", "30"]) == 2  # 5 outputs x 8 symbols = 40
+    assert "= 40 Jacobian entries" in capsys.readouterr().err
+    assert cli_main(argv + ["--max-elements", "40"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["softmax", "--shape", "input=3"], "softmax needs --param dim=..."),
+    (["log_softmax", "--shape", "input=3"], "log_softmax needs --param dim=..."),
+    (["max_pool2d", "--shape", "input=1,1,4,4"], "max_pool2d needs --param kernel_size=..."),
+])
+def test_cli_names_a_missing_parameter(argv, msg, capsys):
+    assert cli_main(["derive", *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "numpy" not in err.split("(")[0]
+
+
+def test_simplify_gives_equal_and_shorter_entries(capsys):
+    import sympy
+
+    from gradcheck_kit import derive
+
+    d = derive.derivation("softmax", {"input": (2,)}, {"dim": 0})
+    s = d.simplified()
+    J, S = d.jacobian(), s.jacobian()
+    for i in range(2):
+        for j in range(2):
+            assert sympy.simplify(J[i, j] - S[i, j]) == 0
+    assert sum(sympy.count_ops(e) for e in S) < sum(sympy.count_ops(e) for e in J)
+    assert cli_main(["derive", "softmax", "--shape", "input=2", "--param", "dim=0", "--simplify"]) == 0
+    assert "dy/d(input)" in capsys.readouterr().out
+
+
+def test_jacobian_progress_callback_sees_every_row():
+    from gradcheck_kit import derive
+
+    seen = []
+    derive.derivation("conv1d", {"input": (1, 1, 6), "weight": (1, 1, 2)}).jacobian(
+        progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(i, 5) for i in range(5)]
