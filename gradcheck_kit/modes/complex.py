@@ -110,7 +110,8 @@ class ConjugateConvention:
             real_dtype = r.dtype
             r.dtype = {"float64": "complex128", "float32": "complex64", "float16": "complex32"}.get(real_dtype,
                                                                                                  real_dtype)
-            tail = "complex input: compared as (real, imag) pairs, last index 0 = real, 1 = imaginary part"
+            tail = "complex input: compared as (real, imag) pairs" + (
+                ", last index 0 = real, 1 = imaginary part" if r.mode in (None, "order", "compiled") else "")
             r.note = f"{r.note}; {tail}" if r.note else tail
         if subject.kind != "manual":
             return []
