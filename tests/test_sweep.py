@@ -37,6 +37,14 @@ def test_rule_passes_autograd_and_finite_differences(name):
         assert refs == {"autograd", "finite-difference"}, refs
 
 
+def test_nonfinite_samples_are_left_out_of_the_sweep_but_checkable_against_autograd():
+    names = [r.sample for r in sweep(["relu"])]
+    assert "relu[nan,inf]" not in names and "relu[3x4,zeros]" in names
+    nan_sample = next(s for s in manual.get("relu").samples() if s.name == "relu[nan,inf]")
+    rep = sample_check(manual.get("relu"), nan_sample, reference="both")  # no finite differences at NaN
+    assert rep.ok and {x.reference for x in rep.results} == {"autograd"}
+
+
 def test_float32_sweep_against_autograd():
     results = sweep(["conv2d", "relu", "max_pool2d", "cross_entropy"], dtype=torch.float32)
     failures = [_describe(r) for r in results if not r.ok]

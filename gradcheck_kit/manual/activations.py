@@ -31,6 +31,11 @@ __all__: list[str] = []
 
 # -- sample helpers -------------------------------------------------------------------
 
+# NaN, +inf, -inf: planted where torch's gradient there does not depend on memory layout
+# (hardtanh's does: its vectorised kernel passes g at NaN, its scalar tail gives 0)
+_NONFINITE = [math.nan, math.inf, -math.inf]
+
+
 def _with_points(mk: Maker, shape, points, *, away=(0.0,), scale: float = 1.0) -> torch.Tensor:
     """randn of ``shape`` (kept off the kinks ``away``) whose first entries are exactly ``points``."""
     n = math.prod(shape)
@@ -62,6 +67,7 @@ def relu_samples(device, dtype):
     yield Sample((mk.randn(()),), {}, "relu[scalar]")
     yield Sample((mk.noncontiguous(_with_points(mk, (2, 5), [0.0])),), {}, "relu[noncontig]")
     yield Sample((mk.channels_last(mk.away_from(2, 3, 2, 2)),), {}, "relu[4d,channels_last]")
+    yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {}, "relu[nan,inf]")
 
 
 def relu_symbolic(input, inplace=False):
@@ -70,11 +76,11 @@ def relu_symbolic(input, inplace=False):
 
 @register("relu", torch_fn=F.relu, tensor_args=("input",), samples=relu_samples, symbolic=relu_symbolic)
 def relu_backward(grad_output, input, *, needs_input_grad, inplace=False):
-    """dL/dx = g * 1[x > 0]; relu'(0) = 0 as in torch."""
+    """dL/dx = g * 1[not x <= 0]: relu'(0) = 0, and at x = NaN the gradient passes through, as torch."""
     _no_inplace("relu", inplace)
     if not needs_input_grad[0]:
         return (None,)
-    return (grad_output * (input > 0).to(grad_output.dtype),)
+    return (grad_output * (input <= 0).logical_not().to(grad_output.dtype),)
 
 
 # -- leaky_relu -----------------------------------------------------------------------
@@ -86,6 +92,7 @@ def leaky_relu_samples(device, dtype):
         yield Sample((_with_points(mk, (3, 4), [0.0, -1.0, 1.0]),), kw, f"leaky_relu[slope={tag},zeros]")
     yield Sample((mk.randn(()),), {"negative_slope": 0.1}, "leaky_relu[scalar]")
     yield Sample((mk.noncontiguous(mk.randn(2, 3)),), {"negative_slope": 0.3}, "leaky_relu[noncontig]")
+    yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {"negative_slope": 0.2}, "leaky_relu[nan,inf]")
 
 
 def leaky_relu_symbolic(input, negative_slope=0.01, inplace=False):
@@ -112,6 +119,7 @@ def threshold_samples(device, dtype):
         x = _with_points(mk, (3, 4), [th, th, th + 1.0, th - 1.0], away=(th,))
         yield Sample((x,), {"threshold": th, "value": val}, f"threshold[t={th},v={val},at_t]")
     yield Sample((mk.randn(()),), {"threshold": 0.1, "value": 3.0}, "threshold[scalar]")
+    yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {"threshold": 0.5, "value": -1.0}, "threshold[nan,inf]")
 
 
 def threshold_symbolic(input, threshold, value, inplace=False):
@@ -122,11 +130,12 @@ def threshold_symbolic(input, threshold, value, inplace=False):
 @register("threshold", torch_fn=F.threshold, tensor_args=("input",), samples=threshold_samples,
           symbolic=threshold_symbolic)
 def threshold_backward(grad_output, input, *, needs_input_grad, threshold, value, inplace=False):
-    """y = x if x > threshold else value: dL/dx = g * 1[x > threshold] (0 at x == threshold, as torch)."""
+    """y = x if x > threshold else value: dL/dx = g * 1[not x <= threshold] (0 at x == threshold,
+    g at x = NaN, as torch)."""
     _no_inplace("threshold", inplace)
     if not needs_input_grad[0]:
         return (None,)
-    return (grad_output * (input > threshold).to(grad_output.dtype),)
+    return (grad_output * (input <= threshold).logical_not().to(grad_output.dtype),)
 
 
 # -- hardtanh -------------------------------------------------------------------------
@@ -168,6 +177,7 @@ def elu_samples(device, dtype):
         yield Sample((_with_points(mk, (3, 4), [0.0, -3.0, 2.0]),), kw, f"elu[alpha={alpha},zeros]")
     yield Sample((mk.randn(()),), {"alpha": 0.7}, "elu[scalar]")
     yield Sample((mk.noncontiguous(mk.randn(2, 3)),), {}, "elu[noncontig]")
+    yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {"alpha": 0.5}, "elu[nan,inf]")
 
 
 def elu_symbolic(input, alpha=1.0, inplace=False):
@@ -178,13 +188,17 @@ def elu_symbolic(input, alpha=1.0, inplace=False):
 @register("elu", torch_fn=F.elu, tensor_args=("input",), samples=elu_samples, symbolic=elu_symbolic)
 def elu_backward(grad_output, input, *, needs_input_grad, alpha=1.0, inplace=False):
     """elu'(x) = 1 (x > 0), alpha e^x (x <= 0): at 0 the slope is alpha as in torch,
-    while torch's second derivative there is 0, hence the constant branch at x == 0."""
+    while torch's second derivative there is 0, hence the constant branch at x == 0.
+    At x = NaN torch takes the x > 0 branch (its test is x <= 0): slope 1."""
     _no_inplace("elu", inplace)
     if not needs_input_grad[0]:
         return (None,)
     one = torch.ones((), dtype=grad_output.dtype, device=grad_output.device)
-    slope = torch.where(input > 0, one,
-                        torch.where(input < 0, alpha * torch.exp(input), one * alpha))
+    neg = input < 0
+    # exp of the negative part only: exp(+inf) or exp(NaN) on the unselected branch would make
+    # the second derivative NaN there, where torch's is 0
+    e = torch.exp(torch.where(neg, input, 0.0))
+    slope = torch.where(input <= 0, torch.where(neg, alpha * e, one * alpha), one)
     return (grad_output * slope,)
 
 
@@ -200,6 +214,7 @@ def gelu_samples(device, dtype):
         kw = {} if approx == "none" else {"approximate": approx}
         yield Sample((_with_points(mk, (3, 4), [0.0, -3.0, 3.0], scale=2.0),), kw, f"gelu[{approx}]")
         yield Sample((mk.randn(()),), {"approximate": approx}, f"gelu[{approx},scalar]")
+        yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {"approximate": approx}, f"gelu[{approx},nan,inf]")
     yield Sample((mk.noncontiguous(mk.randn(2, 3)),), {}, "gelu[noncontig]")
 
 
@@ -238,6 +253,7 @@ def _smooth_samples(name):
         yield Sample((_with_points(mk, (3, 4), [0.0, 5.0, -5.0], scale=2.0),), {}, f"{name}[3x4]")
         yield Sample((mk.randn(()),), {}, f"{name}[scalar]")
         yield Sample((mk.noncontiguous(mk.randn(2, 3)),), {}, f"{name}[noncontig]")
+        yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {}, f"{name}[nan,inf]")
     samples.__name__ = f"{name}_samples"
     return samples
 
@@ -282,6 +298,7 @@ def softplus_samples(device, dtype):
         yield Sample((x,), {"beta": beta, "threshold": th}, f"softplus[b={beta},t={th},at_t]")
     yield Sample((mk.randn(()),), {"beta": 3.0}, "softplus[scalar]")
     yield Sample((mk.noncontiguous(mk.randn(2, 3)),), {"beta": 0.7, "threshold": 1.5}, "softplus[noncontig]")
+    yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {}, "softplus[nan,inf]")
 
 
 def softplus_symbolic(input, beta=1.0, threshold=20.0):
@@ -294,11 +311,12 @@ def softplus_symbolic(input, beta=1.0, threshold=20.0):
 def softplus_backward(grad_output, input, *, needs_input_grad, beta=1.0, threshold=20.0):
     """y = x if beta x > threshold else log(1 + e^(beta x)) / beta:
     dL/dx = g * (1 if beta x > threshold else sigmoid(beta x)).  At beta x == threshold torch
-    uses the smooth slope but a zero second derivative: the constant sigmoid(threshold) there."""
+    uses the smooth slope but a zero second derivative: the constant sigmoid(threshold) there.
+    At x = NaN the slope is NaN (the smooth branch), as torch."""
     if not needs_input_grad[0]:
         return (None,)
     bx = input * beta
     one = torch.ones((), dtype=grad_output.dtype, device=grad_output.device)
     at_edge = torch.sigmoid(one * threshold)
-    slope = torch.where(bx > threshold, one, torch.where(bx < threshold, torch.sigmoid(bx), at_edge))
+    slope = torch.where(bx > threshold, one, torch.where(bx == threshold, at_edge, torch.sigmoid(bx)))
     return (grad_output * slope,)

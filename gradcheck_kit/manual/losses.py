@@ -215,7 +215,7 @@ def _sym_log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 def _elementwise_loss_backward(grad_output, input, target, needs, dloss_dd, reduction, weight=None,
-                               mean_denom=None, needs_weight=False, loss_fn=None):
+                               mean_denom=None, needs_weight=False, loss_fn=None, slope_scale=1.0):
     """loss_i = w_i f(d_i), d = x - t (broadcast): dL/dx = unbroadcast(gl w f'(d)), dL/dt = -that.
 
     With ``needs_weight`` also returns dL/dw (``loss_fn(d) = f(d)``):
@@ -224,7 +224,7 @@ def _elementwise_loss_backward(grad_output, input, target, needs, dloss_dd, redu
     """
     denom = mean_denom if mean_denom is not None else dloss_dd.numel()
     gl = _reduction_scale(grad_output, reduction, denom)
-    gd = gl * dloss_dd
+    gd = (gl * slope_scale) * dloss_dd  # the scale on gl first: 2 d would overflow at |d| > max / 2
     if weight is not None:
         gd = gd * weight
     gx = unbroadcast(gd, input.shape) if needs[0] else None
@@ -285,8 +285,8 @@ def mse_loss_backward(grad_output, input, target, *, needs_input_grad, needs_key
     _check_loss_weight("mse_loss", weight, input)
     d = input - target
     denom = weight.sum() if weight is not None else None
-    return _elementwise_loss_backward(grad_output, input, target, needs_input_grad, 2 * d, reduction,
-                                      weight, denom, needs_keyword_grad["weight"], torch.square)
+    return _elementwise_loss_backward(grad_output, input, target, needs_input_grad, d, reduction,
+                                      weight, denom, needs_keyword_grad["weight"], torch.square, slope_scale=2.0)
 
 
 def _l1_extra(mk):
@@ -328,11 +328,13 @@ def _clipped_slope(d: torch.Tensor, beta: float, scale: float) -> torch.Tensor:
     """Slope of the Huber-type loss: scale * d / beta inside |d| < beta, scale * sign(d) outside.
 
     At |d| == beta torch takes the outer branch (slope +-scale, curvature 0): the
-    double-backward mask is ``|d| < beta``.  beta == 0 is exactly l1 (sign(0) = 0).
+    double-backward mask is ``|d| < beta``.  beta == 0 is exactly l1 (sign(0) = 0, and
+    sign(NaN) = 0 as torch's).  d = NaN gives a NaN slope for beta > 0, as torch.
     """
     if beta == 0:
         return torch.sign(d) * scale
-    return torch.where(d.abs() < beta, d * (scale / beta), torch.sign(d) * scale)
+    # d = NaN takes the inner branch (NaN), as torch: its test is |d| < beta
+    return torch.where(d.abs() >= beta, torch.sign(d) * scale, d * (scale / beta))
 
 
 def _kink_extra(op: str, param: str):

@@ -300,3 +300,21 @@ def test_class_weights_stay_constants_as_torch_refuses_their_gradient():
         F.nll_loss(x, torch.tensor([0, 1, 2, 0]), w)
     for name in ("nll_loss", "cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits"):
         assert "weight" in manual.get(name).nondifferentiable
+
+
+# -- non-finite and extreme inputs (issue 10) -------------------------------------------------
+
+@pytest.mark.parametrize("name,kw", [("huber_loss", {}), ("smooth_l1_loss", {}), ("smooth_l1_loss", {"beta": 0.0}),
+                                     ("l1_loss", {}), ("mse_loss", {})])
+def test_nan_difference_matches_torch(name, kw):
+    # huber/smooth_l1 (beta > 0): NaN slope at d = NaN; l1 and smooth_l1(beta=0): sign(NaN) = 0, as torch
+    x = torch.tensor([float("nan"), 0.5, -2.0], dtype=f64)
+    check_backward(manual.get(name), (x, torch.zeros(3, dtype=f64)), {"reduction": "none", **kw})
+
+
+def test_mse_float32_near_the_largest_float_does_not_overflow():
+    # 2 d overflows float32 at d = 3e38; torch scales g first (2 g / n) and so does the rule now
+    x = torch.tensor([3e38, 1.0, -3e38, 2.0])
+    check_backward(manual.get("mse_loss"), (x, torch.zeros(4)), {})
+    (gx, _) = manual.get("mse_loss").backward(torch.tensor(1.0), x, torch.zeros(4))
+    assert bool(gx.isfinite().all())

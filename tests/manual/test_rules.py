@@ -88,3 +88,86 @@ def test_names_sorted_and_unknown_name_suggests():
     assert names == sorted(names)
     with pytest.raises(KeyError, match="did you mean"):
         manual.get(names[0] + "x")
+
+
+# -- non-finite inputs: every rule of these families matches torch at NaN, +-inf and extremes ------
+
+_AUDITED = ("activations", "elementwise", "losses", "normalization", "linear", "similarity")
+_SPECIALS = {torch.float64: (float("nan"), float("inf"), -float("inf"), 1e300, -1e300, 1e-300),
+             torch.float32: (float("nan"), float("inf"), -float("inf"), 3e38, -3e38, 1e-38)}
+# (rule, argument, value) where the rule knowingly differs from torch, with the reason.  NaN: torch's
+# vectorised kernel and its scalar tail disagree (the answer depends on the tensor's length/layout).
+_LAYOUT_DEPENDENT_AT_NAN = {"hardtanh", "relu6", "hardshrink", "softshrink", "selu", "celu", "hardswish"}
+_KNOWN = {
+    # overflowing statistics (var = inf) or an infinite affine weight: torch's fused kernel turns the
+    # row/channel into NaN through its own order of operations; the rule gives 0 or +-inf there
+    ("layer_norm", "input", "huge"), ("layer_norm", "weight", "inf"), ("layer_norm", "weight", "huge"),
+    ("batch_norm", "weight", "inf"), ("batch_norm", "weight", "huge"),
+}
+
+
+def _kind(v):
+    if v != v:
+        return "nan"
+    if abs(v) == float("inf"):
+        return "inf"
+    return "huge" if abs(v) > 1e30 else "tiny"
+
+
+def _nonfinite_cases():
+    for rule in manual.rules():
+        if rule.backward_impl.__module__.rsplit(".", 1)[-1] not in _AUDITED:
+            continue
+        for dtype, specials in _SPECIALS.items():
+            sample = rule.samples(dtype=dtype)[0]
+            mask = rule.differentiable_mask(sample.args)
+            for i, (a, m) in enumerate(zip(sample.args, mask)):
+                if not m or not a.numel():
+                    continue
+                for v in specials:
+                    arg = rule.tensor_args[i]
+                    if (rule.name, arg, _kind(v)) in _KNOWN or (v != v and rule.name in _LAYOUT_DEPENDENT_AT_NAN):
+                        continue
+                    yield pytest.param(rule, sample, i, v, id=f"{rule.name}-{arg}={v:g}-{str(dtype)[6:]}")
+
+
+@pytest.mark.parametrize("rule,sample,index,value", list(_nonfinite_cases()))
+def test_nonfinite_inputs_match_torch(rule, sample, index, value):
+    _nonfinite_parity(rule, sample, index, value)
+
+
+def test_nonfinite_parity_catches_relu_dropping_the_gradient_at_nan():
+    # planted bug: the old relu, g * 1[x > 0], gives 0 at NaN where torch passes g through
+    relu = manual.get("relu")
+    old = registry.Rule(name="relu_old", torch_fn=relu.torch_fn, tensor_args=("input",), sample_fn=relu.sample_fn,
+                        backward_impl=lambda g, x, *, needs_input_grad: (g * (x > 0).to(g.dtype),))
+    sample = relu.samples()[0]
+    _nonfinite_parity(relu, sample, 0, float("inf"))
+    _nonfinite_parity(old, sample, 0, float("inf"))      # the twin agrees away from NaN
+    _nonfinite_parity(relu, sample, 0, float("nan"))
+    with pytest.raises(AssertionError, match="relu_old d/dinput with nan"):
+        _nonfinite_parity(old, sample, 0, float("nan"))
+
+
+def _nonfinite_parity(rule, sample, index, value):
+    args = list(sample.args)
+    planted = args[index].clone()
+    planted.reshape(-1)[0] = value
+    args[index] = planted
+    mask = rule.differentiable_mask(args)
+    leaves = [a.detach().clone().requires_grad_(m) if isinstance(a, torch.Tensor) else a
+              for a, m in zip(args, mask)]
+    try:
+        out = rule.torch_fn(*leaves, **sample.kwargs)
+    except RuntimeError:
+        pytest.skip("torch rejects this input")  # e.g. binary_cross_entropy outside [0, 1]
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    ref = torch.autograd.grad(out, [x for x, m in zip(leaves, mask) if m], g, allow_unused=True)
+    mine = [m for m, k in zip(rule.backward(g, *args, **sample.kwargs), mask) if k]
+    for name, got, want in zip([n for n, k in zip(rule.tensor_args, mask) if k], mine, ref):
+        want = torch.zeros_like(got) if want is None else want
+        finite = want[want.isfinite()]
+        scale = float(finite.abs().max()) if finite.numel() else 1.0
+        tol = dict(rtol=1e-4, atol=1e-5 * scale) if out.dtype == torch.float32 else dict(rtol=1e-8, atol=1e-10 * scale)
+        torch.testing.assert_close(got, want, equal_nan=True, **tol,
+                                   msg=lambda m: f"{rule.name} d/d{name} with {value} planted: {m}")
