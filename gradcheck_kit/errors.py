@@ -21,3 +21,33 @@ class UnsupportedError(GradcheckKitError, NotImplementedError):
 
 class InvalidInputError(GradcheckKitError, TypeError):
     """An input tensor has the wrong type, dtype, shape or device."""
+
+
+class MissingRuleError(GradcheckKitError, NotImplementedError):
+    """A differentiable op ran under ``use_rules(strict=True)`` with no rule to differentiate it."""
+
+    def __init__(self, message: str, ops=()):
+        super().__init__(message)
+        self.ops = list(ops)
+
+    @classmethod
+    def from_ops(cls, ops) -> "MissingRuleError":
+        """One sentence naming every missing op (each op and call site once) and what to do."""
+        seen = list(dict.fromkeys(str(o) for o in ops))
+        listed = ", ".join(seen)
+        n = len(seen)
+        return cls(f"{n} differentiable op{'s' if n != 1 else ''} ran under use_rules(strict=True) with no rule: "
+                   f"{listed}; register a rule for {'them' if n != 1 else 'it'} (manual.register) or use "
+                   f"use_rules(strict=False) to let autograd differentiate {'them' if n != 1 else 'it'}.", ops)
+
+
+class EmitError(GradcheckKitError):
+    """``gradcheck_kit.emit`` could not return verified backward source (see the two subclasses)."""
+
+
+class EmitUnsupportedError(EmitError, NotImplementedError):
+    """The loss uses an op emit has no template for (the message names the op and its call site)."""
+
+
+class EmitVerificationError(EmitError, AssertionError):
+    """The emitted module's gradients disagree with autograd's (first or second order)."""

@@ -336,6 +336,7 @@ class RuleCall:
     tensors: tuple        # the tensors, in slot order
     slot_names: tuple     # argument name of each slot (``tensors[3]`` for a sequence element)
     inplace: bool = False
+    keep_saved: bool = False      # a recording wants the rule's saved forward results
     saved: dict | None = None     # set by manual.functional when the forward ran through the rule
 
     def build(self, tensors) -> tuple[tuple, dict]:
@@ -392,6 +393,8 @@ def _build_signature(fn, rule) -> tuple[inspect.Signature, frozenset, bool]:
             continue   # (*args, **kwargs) dispatchers such as F.max_pool2d
         if ps and ps[0].name == "self":   # a Tensor method written in Python: self is the first tensor
             ps[0] = ps[0].replace(name=rule.tensor_args[0])
+        if not var_kw and any(p.name not in accepted for p in ps):
+            continue   # names differ from the rule's (Tensor.__getitem__(self, key)): use the rule's
         sig = s.replace(parameters=ps)
         break
     if sig is None:
@@ -628,6 +631,8 @@ def _may_write(call: Intercepted) -> bool:
 class Recorder:
     """Builds a ``Trace`` from the calls it is shown (``recording()`` activates one)."""
 
+    wants_saved = True
+
     def __init__(self):
         self.trace = Trace()
         self._ids: dict[int, int] = {}        # id(tensor object) -> current value id
@@ -726,6 +731,7 @@ class Recorder:
         node.differentiable = any(isinstance(o, torch.Tensor) and o.requires_grad for o in list(outs) + written)
         if call.rule_call is not None and call.rule_call.saved is not None:
             node.saved = dict(call.rule_call.saved)
+            call.rule_call.saved = None
         node.via = call.via
 
     def finish(self, result) -> Trace:
