@@ -1,4 +1,5 @@
-"""Pooling rules: ``max_pool{1,2,3}d``, ``avg_pool{1,2,3}d``, ``adaptive_avg_pool2d``.
+"""Pooling rules: ``max_pool{1,2,3}d``, ``avg_pool{1,2,3}d``, ``adaptive_max_pool{1,2}d``,
+``adaptive_avg_pool{1,2,3}d``.
 
 Geometry along one spatial axis (input length ``L``, kernel ``k``, stride ``s``,
 padding ``p``, dilation ``d``): window ``o`` reads the input positions
@@ -19,6 +20,9 @@ padding.  All the pooling operators are separable over the spatial axes.
   Speed: ``_max_pool_selection_fast`` finds the same element with a separable, channels-last
   first-maximum (a few vector ops per axis) whenever no window holds a NaN or only ``-inf``
   (detected from the window maxima); otherwise the full scan ``_max_pool_selection`` runs.
+  With ``return_indices=True`` the forward returns ``(values, indices)`` and ``grad_output``
+  is ``(g, None)``: the indices are integers and get no gradient; the rule's selection is
+  tested to equal torch's indices (ties, NaN, ``-inf``).
   torch's own ``return_indices`` are NOT used: the rule stays an independent check of the
   kernel under test, and the backward never sees the forward's results, so recomputing the
   selection (the cost of about one more forward on CPU) is the price of that independence.
@@ -30,6 +34,11 @@ padding.  All the pooling operators are separable over the spatial axes.
   the number of in-bounds elements.
 * adaptive average pool: window ``o`` is ``[floor(o L / O), ceil((o + 1) L / O))`` and
   the divisor its length; backward is the same adjoint.
+* adaptive max pool: the same windows, and torch's max-pool selection within each
+  (``val > maxval or isnan(val)`` scanning row-major from the window's first element,
+  which is kept when the window is all ``-inf``): first maximum, last NaN.  The windows
+  differ in length, so the scan runs over the longest window's offsets with the
+  offsets past a window's end masked out; ``dL/dx`` is the same scatter-add.
 
 Symbolic forwards: max pool is a ``sympy.Piecewise`` encoding the first-maximum
 convention (not ``sympy.Max``, whose derivative at a tie is not torch's); averages are
@@ -253,28 +262,45 @@ def _max_pool_selection(x: torch.Tensor, axes: tuple[_Axis, ...]) -> torch.Tenso
     return sel
 
 
+def _values_grad(op, grad_output, return_indices):
+    """The cotangent of the values: with ``return_indices`` the forward returns ``(values, indices)``
+    and ``grad_output`` is ``(g, None)`` (``None`` for g too when the values were unused)."""
+    if not return_indices:
+        return grad_output
+    if not isinstance(grad_output, (tuple, list)) or len(grad_output) != 2 or grad_output[1] is not None:
+        raise InvalidInputError(f"{op}: with return_indices=True grad_output must be a pair (g, None): the "
+                                "values' gradient and None for the integer indices")
+    return grad_output[0]
+
+
+def _scatter_selected(x, g, idx, S, batched):
+    """``dL/dx[i] = sum over {o : a(o) = i} of g[o]`` for flat spatial selections ``idx`` (N, C, O...)."""
+    N, C = x.shape[:2]
+    # scatter_add_ into fresh zeros: linear in g; in place on a tensor of our own saves the copy
+    # that the out-of-place scatter_add makes
+    zeros = torch.zeros(N, C, int(np.prod(S, dtype=np.int64)), dtype=g.dtype, device=g.device)
+    gx = zeros.scatter_add_(2, idx.reshape(N, C, -1), g.reshape(N, C, -1)).reshape(x.shape)
+    return gx if batched else gx.squeeze(0)
+
+
 def _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride, padding,
                        dilation, ceil_mode, return_indices):
-    if return_indices:
-        raise UnsupportedError(f"{op}: return_indices=True is not supported; the rule mirrors "
-                               f"{op}(..., return_indices=False)")
+    grad_output = _values_grad(op, grad_output, return_indices)
     axes = _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode)
     batched, S = _spatial(op, nd, input)
-    _check_grad(op, grad_output, input.shape[: input.dim() - nd] + tuple(a.O for a in axes))
+    out_shape = input.shape[: input.dim() - nd] + tuple(a.O for a in axes)
+    if grad_output is None:                                                  # values unused: no gradient
+        return (torch.zeros_like(input) if needs_input_grad[0] else None,)
+    _check_grad(op, grad_output, out_shape)
     if not needs_input_grad[0]:
         return (None,)
     x = input if batched else input.unsqueeze(0)
     g = grad_output if batched else grad_output.unsqueeze(0)
-    N, C = x.shape[:2]
     idx = _max_pool_selection_fast(x, axes) if MAX_POOL_FAST_PATH else None
     if idx is None:
         idx = _max_pool_selection(x, axes)
-    idx = idx.reshape(N, C, -1)
-    # dL/dx[i] = sum_{o : a(o) = i} g[o]   (scatter_add_ into fresh zeros: linear in g; in place
-    # on a tensor of our own saves the copy that the out-of-place scatter_add makes)
-    zeros = torch.zeros(N, C, int(np.prod(S, dtype=np.int64)), dtype=g.dtype, device=g.device)
-    gx = zeros.scatter_add_(2, idx, g.reshape(N, C, -1)).reshape(x.shape)
-    return (gx if batched else gx.squeeze(0),)
+    # dL/dx[i] = sum_{o : a(o) = i} g[o]
+    return (_scatter_selected(x, g, idx, S, batched),)
 
 
 def _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -320,7 +346,7 @@ def _make_max_pool(nd: int, torch_fn, samples):
                  return_indices=False):
         # Max with torch's tie convention (first maximum in scan order) as a Piecewise.
         if return_indices:
-            raise UnsupportedError(f"{op}: return_indices=True is not supported")
+            raise UnsupportedError(f"{op}: the symbolic forward gives the values only (return_indices=False)")
         axes = _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode)
         return _symbolic_pool(input, axes, lambda elems, o: _first_max(elems))
 
@@ -524,6 +550,9 @@ _MAX_TABLE = {
         ((1, 2, 9), dict(kernel_size=3, stride=2, padding=1, dilation=2), "k3,s2,p1,d2", "randn"),
         ((3, 7), dict(kernel_size=2, stride=1, ceil_mode=True), "unbatched,s1", "ties"),
         ((1, 2, 8), dict(kernel_size=4, stride=3, padding=2, dilation=1), "k4,s3,p2", "nc"),
+        ((1, 2, 7), dict(kernel_size=3, stride=2, padding=1, return_indices=True), "k3,s2,p1,indices,ties", "ties"),
+        ((1, 2, 8), dict(kernel_size=3, stride=2, return_indices=True), "indices,nan,-inf", "nan"),
+        ((1, 2, 8), dict(kernel_size=2, stride=1), "s1,nan,-inf", "nan"),
     ],
     2: [
         ((2, 2, 4, 4), dict(kernel_size=2), "k2", "randn"),
@@ -535,9 +564,12 @@ _MAX_TABLE = {
         ((2, 5, 6), dict(kernel_size=3, stride=2, ceil_mode=True), "unbatched,ceil", "ties"),
         ((1, 3, 5, 5), dict(kernel_size=2, stride=1), "channels_last,ties", "cl"),
         ((1, 2, 6, 5), dict(kernel_size=3, stride=2, padding=1), "noncontig", "nc"),
+        ((1, 2, 5, 5), dict(kernel_size=3, stride=1, padding=1, return_indices=True), "k3,s1,p1,indices,ties", "ties"),
+        ((2, 5, 6), dict(kernel_size=2, return_indices=True), "unbatched,indices,nan,-inf", "nan"),
     ],
     3: [
         ((1, 2, 4, 4, 4), dict(kernel_size=2), "k2", "randn"),
+        ((1, 1, 3, 4, 4), dict(kernel_size=2, stride=1, return_indices=True), "indices,ties", "ties"),
         ((1, 1, 3, 4, 3), dict(kernel_size=3, stride=(1, 2, 1), padding=1), "k3,s1x2x1,p1,ties", "ties"),
         ((1, 1, 5, 5, 4), dict(kernel_size=(2, 3, 2), stride=2, padding=(1, 1, 0), ceil_mode=True),
          "k2x3x2,s2,ceil,partial", "ties"),
@@ -589,6 +621,11 @@ _AVG_TABLE = {
 def _make_input(mk: Maker, shape, kind):
     if kind == "ties":
         return mk.integers(*shape, low=-2, high=3)
+    if kind == "nan":  # ties, two NaNs in one window (the last is taken) and a -inf run
+        t = mk.integers(*shape, low=-2, high=3).reshape(-1)
+        t[1] = t[2] = float("nan")
+        t[-3:] = float("-inf")
+        return t.reshape(shape)
     if kind == "cl":
         return mk.channels_last(mk.integers(*shape, low=-2, high=3))
     if kind == "nc":
@@ -612,3 +649,190 @@ max_pool3d_backward, max_pool3d_symbolic = _make_max_pool(3, F.max_pool3d, _tabl
 avg_pool1d_backward, avg_pool1d_symbolic = _make_avg_pool(1, F.avg_pool1d, _table_samples("avg_pool1d", _AVG_TABLE[1]))
 avg_pool2d_backward, avg_pool2d_symbolic = _make_avg_pool(2, F.avg_pool2d, _table_samples("avg_pool2d", _AVG_TABLE[2]))
 avg_pool3d_backward, avg_pool3d_symbolic = _make_avg_pool(3, F.avg_pool3d, _table_samples("avg_pool3d", _AVG_TABLE[3]))
+
+
+# -- adaptive pools (1d, 3d average; 1d, 2d max) ------------------------------------------------
+
+
+def _adaptive_mats(dims, device):
+    """Per axis the window membership ``A[o, i] = 1[start(o) <= i < end(o)]`` and the window lengths."""
+    mats, sizes = [], []
+    for L, O in dims:
+        b = torch.tensor(_adaptive_bounds(L, O), dtype=torch.int64, device=device).reshape(O, 2)
+        i = torch.arange(L, device=device)
+        mats.append(((i[None, :] >= b[:, :1]) & (i[None, :] < b[:, 1:])).to(torch.int64))
+        sizes.append(b[:, 1] - b[:, 0])
+    return mats, sizes
+
+
+def _adaptive_avg_symbolic(op, nd, input, output_size):
+    dims = _adaptive_axes(op, nd, input, output_size)
+    bounds = [_adaptive_bounds(L, O) for L, O in dims]
+    lead = input.shape[: input.ndim - nd]
+    out = np.empty(lead + tuple(O for _, O in dims), dtype=object)
+    for b in np.ndindex(*lead):
+        for o in itertools.product(*[range(O) for _, O in dims]):
+            ranges = [range(*bounds[a][o[a]]) for a in range(nd)]
+            elems = [input[b + i] for i in itertools.product(*ranges)]
+            out[b + o] = sympy.Add(*elems) / sympy.Integer(len(elems))
+    return out
+
+
+def _make_adaptive_avg_pool(nd: int, torch_fn, samples):
+    op = f"adaptive_avg_pool{nd}d"
+
+    def symbolic(input, *, output_size):
+        return _adaptive_avg_symbolic(op, nd, input, output_size)
+
+    def backward(grad_output, input, *, needs_input_grad, output_size):
+        dims = _adaptive_axes(op, nd, input, output_size)
+        _check_grad(op, grad_output, input.shape[: input.dim() - nd] + tuple(O for _, O in dims))
+        if not needs_input_grad[0]:
+            return (None,)
+        mats, sizes = _adaptive_mats(dims, grad_output.device)
+        # y = (A_1 (x) .. (x) A_n) x / |window|   =>   dL/dx = (A_1^T (x) .. (x) A_n^T)(g / |window|)
+        return (_adjoint_sum(grad_output / _outer(sizes).to(grad_output.dtype), mats),)
+
+    backward.__name__ = backward.__qualname__ = f"{op}_backward"
+    backward.__doc__ = "dL/dx = (A_1^T (x) .. (x) A_n^T)(g / |window|), windows [floor(oL/O), ceil((o+1)L/O))."
+    register(op, torch_fn=torch_fn, tensor_args=("input",), samples=samples, symbolic=symbolic)(backward)
+    return backward, symbolic
+
+
+def _adaptive_max_selection(x: torch.Tensor, dims) -> torch.Tensor:
+    """Flat spatial index torch's adaptive max pool selects per window, shape ``(N, C, O_1 .. O_nd)``.
+
+    Window ``o`` along each axis covers ``[start(o), end(o))``; offsets ``j`` run over the
+    longest window, and ``pos = start + j`` counts only while ``pos < end``.  As in
+    ``_max_pool_selection``: the smallest in-window ``j`` (row-major) equal to the window
+    maximum, or the largest with a NaN; an all ``-inf`` window keeps its first element.
+    """
+    nd = len(dims)
+    bounds = [torch.tensor(_adaptive_bounds(L, O), dtype=torch.int64, device=x.device).reshape(O, 2)
+              for L, O in dims]
+    K = [int((b[:, 1] - b[:, 0]).max()) for b in bounds]
+    strides = [int(np.prod([L for L, _ in dims[a + 1:]], dtype=np.int64)) for a in range(nd)]
+
+    def at(j):
+        """Values, flat index and in-window mask of offset j for every window: (N, C, O...) / (O...)."""
+        pos, ok, flat = [], torch.ones((), dtype=torch.bool, device=x.device), 0
+        for a, (ja, b) in enumerate(zip(j, bounds)):
+            p = b[:, 0] + ja
+            shape = (-1,) + (1,) * (nd - 1 - a)
+            ok = ok & (p < b[:, 1]).reshape(shape)
+            p = torch.clamp(p, max=dims[a][0] - 1)
+            pos.append(p.reshape(shape))
+            flat = flat + p.reshape(shape) * strides[a]
+        return x[(..., *pos)], flat, ok
+
+    offsets = list(itertools.product(*[range(k) for k in K]))
+    neg_inf = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+    m = None
+    for j in offsets:
+        v, _, ok = at(j)
+        v = torch.where(ok, v, neg_inf)
+        m = v if m is None else torch.maximum(m, v)                          # NaN propagates
+    _, first, _ = at((0,) * nd)
+    sel = first.expand(m.shape)                                              # all -inf: the first element
+    for j in reversed(offsets):                                              # the last write is the first max
+        v, flat, ok = at(j)
+        sel = torch.where((v == m) & ok, flat, sel)
+    nan = torch.isnan(m)
+    if bool(nan.any()):
+        last_nan = sel
+        for j in offsets:                                                    # the last write is the last NaN
+            v, flat, ok = at(j)
+            last_nan = torch.where(torch.isnan(v) & ok, flat, last_nan)
+        sel = torch.where(nan, last_nan, sel)
+    return sel
+
+
+def _adaptive_max_symbolic(op, nd, input, output_size, return_indices):
+    if return_indices:
+        raise UnsupportedError(f"{op}: the symbolic forward gives the values only (return_indices=False)")
+    dims = _adaptive_axes(op, nd, input, output_size)
+    bounds = [_adaptive_bounds(L, O) for L, O in dims]
+    lead = input.shape[: input.ndim - nd]
+    out = np.empty(lead + tuple(O for _, O in dims), dtype=object)
+    for b in np.ndindex(*lead):
+        for o in itertools.product(*[range(O) for _, O in dims]):
+            ranges = [range(*bounds[a][o[a]]) for a in range(nd)]
+            out[b + o] = _first_max([input[b + i] for i in itertools.product(*ranges)])
+    return out
+
+
+def _make_adaptive_max_pool(nd: int, torch_fn, samples):
+    op = f"adaptive_max_pool{nd}d"
+
+    def symbolic(input, *, output_size, return_indices=False):
+        # max with torch's tie convention (first maximum in scan order) as a Piecewise
+        return _adaptive_max_symbolic(op, nd, input, output_size, return_indices)
+
+    def backward(grad_output, input, *, needs_input_grad, output_size, return_indices=False):
+        grad_output = _values_grad(op, grad_output, return_indices)
+        dims = _adaptive_axes(op, nd, input, output_size)
+        if any(O < 1 for _, O in dims):
+            raise InvalidParameterError(f"{op}: output_size must be positive, got {output_size!r}")
+        if grad_output is None:                                              # values unused: no gradient
+            return (torch.zeros_like(input) if needs_input_grad[0] else None,)
+        _check_grad(op, grad_output, input.shape[: input.dim() - nd] + tuple(O for _, O in dims))
+        if not needs_input_grad[0]:
+            return (None,)
+        batched, S = _spatial(op, nd, input)
+        x = input if batched else input.unsqueeze(0)
+        g = grad_output if batched else grad_output.unsqueeze(0)
+        # dL/dx[i] = sum of g[o] over the windows o that select x[i]
+        return (_scatter_selected(x, g, _adaptive_max_selection(x, dims), S, batched),)
+
+    backward.__name__ = backward.__qualname__ = f"{op}_backward"
+    backward.__doc__ = (f"dL/dx[i] = sum of g[o] over the windows o of {op} that select x[i] "
+                        "(first maximum in scan order; last NaN).")
+    register(op, torch_fn=torch_fn, tensor_args=("input",), samples=samples, symbolic=symbolic)(backward)
+    return backward, symbolic
+
+
+# (input shape, params, tag, kind)
+_ADAPTIVE_AVG_TABLE = {
+    1: [
+        ((2, 3, 8), dict(output_size=4), "divisible", "randn"),
+        ((1, 2, 7), dict(output_size=3), "overlap", "randn"),
+        ((3, 5), dict(output_size=(2,)), "unbatched,tuple", "randn"),
+        ((1, 2, 3), dict(output_size=5), "upsample", "randn"),
+        ((1, 2, 6), dict(output_size=6), "identity,noncontig", "nc"),
+    ],
+    3: [
+        ((1, 2, 4, 4, 4), dict(output_size=2), "divisible", "randn"),
+        ((1, 1, 5, 3, 4), dict(output_size=(2, 3, None)), "overlap,None", "randn"),
+        ((2, 3, 5, 4), dict(output_size=(3, 1, 2)), "unbatched", "randn"),
+        ((1, 2, 3, 4, 4), dict(output_size=(2, 3, 3)), "channels_last", "cl"),
+    ],
+}
+
+_ADAPTIVE_MAX_TABLE = {
+    1: [
+        ((2, 3, 8), dict(output_size=4), "divisible", "randn"),
+        ((1, 2, 7), dict(output_size=3), "overlap,ties", "ties"),
+        ((1, 2, 7), dict(output_size=3, return_indices=True), "indices,ties", "ties"),
+        ((1, 2, 9), dict(output_size=4, return_indices=True), "indices,nan,-inf", "nan"),
+        ((3, 5), dict(output_size=(2,)), "unbatched,tuple", "ties"),
+        ((1, 2, 3), dict(output_size=5), "upsample", "randn"),
+    ],
+    2: [
+        ((2, 2, 6, 8), dict(output_size=(3, 4)), "divisible", "randn"),
+        ((1, 2, 5, 7), dict(output_size=(3, 4)), "overlap,ties", "ties"),
+        ((1, 2, 5, 7), dict(output_size=(3, 4), return_indices=True), "indices,ties", "ties"),
+        ((1, 2, 5, 6), dict(output_size=(2, None), return_indices=True), "indices,nan,-inf,None", "nan"),
+        ((2, 5, 5), dict(output_size=2), "unbatched,int", "ties"),
+        ((1, 3, 5, 5), dict(output_size=2), "channels_last,ties", "cl"),
+        ((1, 2, 4, 6), dict(output_size=(1, 4)), "noncontig", "nc"),
+    ],
+}
+
+adaptive_avg_pool1d_backward, adaptive_avg_pool1d_symbolic = _make_adaptive_avg_pool(
+    1, F.adaptive_avg_pool1d, _table_samples("adaptive_avg_pool1d", _ADAPTIVE_AVG_TABLE[1]))
+adaptive_avg_pool3d_backward, adaptive_avg_pool3d_symbolic = _make_adaptive_avg_pool(
+    3, F.adaptive_avg_pool3d, _table_samples("adaptive_avg_pool3d", _ADAPTIVE_AVG_TABLE[3]))
+adaptive_max_pool1d_backward, adaptive_max_pool1d_symbolic = _make_adaptive_max_pool(
+    1, F.adaptive_max_pool1d, _table_samples("adaptive_max_pool1d", _ADAPTIVE_MAX_TABLE[1]))
+adaptive_max_pool2d_backward, adaptive_max_pool2d_symbolic = _make_adaptive_max_pool(
+    2, F.adaptive_max_pool2d, _table_samples("adaptive_max_pool2d", _ADAPTIVE_MAX_TABLE[2]))

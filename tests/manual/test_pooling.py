@@ -1,5 +1,7 @@
 """Pooling rules beyond the generic test: tie convention, ceil_mode divisors, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import sympy
@@ -84,8 +86,86 @@ def test_max_pool_symbolic_is_piecewise_first_max():
 
 
 def test_symbolic_forwards_match_torch_on_small_samples():
-    for name in ("max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool2d"):
-        check_symbolic_forward(manual.get(name), max_numel=40)
+    # the symbolic forwards give values only, and sympy cannot compare NaN: those samples are left out
+    for name in ("max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+                 "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d"):
+        rule = manual.get(name)
+        kept = [s for s in rule.samples() if not s.kwargs.get("return_indices") and bool(s.args[0].isfinite().all())]
+        check_symbolic_forward(dataclasses.replace(rule, sample_fn=lambda device, dtype, kept=kept: kept),
+                               max_numel=40)
+
+
+# -- return_indices and adaptive max pool: the rule's selection IS torch's indices ----------
+
+def _selection(name, x, params):
+    from gradcheck_kit.manual import pooling as P
+
+    nd = int(name[-2])
+    batched = x.dim() == nd + 2
+    xb = x if batched else x.unsqueeze(0)
+    if name.startswith("adaptive"):
+        sel = P._adaptive_max_selection(xb, P._adaptive_axes(name, nd, x, params["output_size"]))
+    else:
+        axes = P._max_pool_axes(name, nd, x, params["kernel_size"], params.get("stride"), params.get("padding", 0),
+                                params.get("dilation", 1), params.get("ceil_mode", False))
+        sel = P._max_pool_selection(xb, axes)
+    return sel if batched else sel.squeeze(0)
+
+
+@pytest.mark.parametrize("name", ["max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
+                                  "adaptive_max_pool2d"])
+def test_selection_equals_torch_indices_on_every_sample(name):
+    rule = manual.get(name)
+    for s in rule.samples():
+        params = {k: v for k, v in s.kwargs.items() if k != "return_indices"}
+        _, ref = rule.torch_fn(s.args[0], return_indices=True, **params)
+        assert torch.equal(_selection(name, s.args[0], params), ref), s.name
+
+
+ADAPTIVE_TIES = [
+    # L = 5, O = 2: windows [0,3) and [2,5) share x[2]; ties go to the first maximum of each window
+    ([[[2.0, 1.0, 2.0, 2.0, 0.0]]], [[[1.0, 0.0, 1.0, 0.0, 0.0]]]),
+    # NaN: the last NaN of each window (x[2] for both); all -inf: the window's first element
+    ([[[NAN, 1.0, NAN, -INF, -INF]]], [[[0.0, 0.0, 2.0, 0.0, 0.0]]]),
+    ([[[-INF, -INF, -INF, 3.0, 3.0]]], [[[1.0, 0.0, 0.0, 1.0, 0.0]]]),
+]
+
+
+@pytest.mark.parametrize("x,expected", ADAPTIVE_TIES, ids=["ties", "nan", "-inf"])
+def test_adaptive_max_pool_tie_convention_spelled_out(x, expected):
+    x = torch.tensor(x, dtype=torch.float64)
+    mine, ref = _both("adaptive_max_pool1d", x, output_size=2)
+    expected = torch.tensor(expected, dtype=torch.float64)
+    assert torch.equal(ref, expected), "torch changed its tie convention"
+    assert torch.equal(mine, expected)
+
+
+def test_planted_last_max_bug_is_caught_and_correct_twin_passes():
+    from gradcheck_kit.manual import pooling as P
+
+    def last_max(grad_output, input, *, needs_input_grad, output_size, return_indices=False):
+        # the same scatter-add, but the mirrored input makes the scan pick the LAST maximum
+        (gx,) = manual.get("adaptive_max_pool1d").backward(grad_output.flip(-1), input.flip(-1),
+                                                           output_size=output_size, return_indices=return_indices)
+        return (gx.flip(-1),)
+
+    bad = dataclasses.replace(manual.get("adaptive_max_pool1d"), backward_impl=last_max)
+    with pytest.raises(AssertionError):
+        check_backward(bad, (torch.tensor([[[2.0, 1.0, 2.0, 0.0]]], dtype=torch.float64),), {"output_size": 1})
+    # without ties the mirrored scan finds the same element
+    check_backward(bad, (torch.tensor([[[0.0, 3.0, 1.0, 2.0]]], dtype=torch.float64),), {"output_size": 1})
+    assert P._adaptive_bounds(4, 2) == [(0, 2), (2, 4)]
+
+
+def test_return_indices_grad_output_pairs():
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    rule = manual.get("max_pool2d")
+    g = torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    (with_pair,) = rule.backward((g, None), x, kernel_size=2, return_indices=True)
+    (plain,) = rule.backward(g, x, kernel_size=2)
+    assert torch.equal(with_pair, plain)
+    (unused,) = rule.backward((None, None), x, kernel_size=2, return_indices=True)
+    assert torch.equal(unused, torch.zeros_like(x))
 
 
 # -- max pool: the fast separable selection against the general scan and torch's indices ------
@@ -196,8 +276,12 @@ def _g(*shape):
 
 
 BAD = [
-    ("max_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(kernel_size=2, return_indices=True), UnsupportedError,
-     "return_indices"),
+    ("max_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(kernel_size=2, return_indices=True), InvalidInputError,
+     "pair"),
+    ("adaptive_max_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(output_size=(2, 2), return_indices=True),
+     InvalidInputError, "pair"),
+    ("adaptive_max_pool1d", (1, 1, 4), (1, 1, 2), dict(output_size=0), InvalidParameterError, "output_size"),
+    ("adaptive_avg_pool3d", (2, 2), (1, 1), dict(output_size=1), InvalidInputError, "input"),
     ("max_pool2d", (1, 1, 4, 4), (1, 1, 2, 2), dict(kernel_size=2, padding=2), InvalidParameterError, "padding"),
     ("max_pool1d", (1, 1, 4), (1, 1, 2), dict(kernel_size=2, stride=0), InvalidParameterError, "stride"),
     ("max_pool1d", (1, 1, 4), (1, 1, 2), dict(kernel_size=2, dilation=0), InvalidParameterError, "dilation"),
@@ -231,7 +315,8 @@ def test_needs_input_grad_false_computes_nothing():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
-                                  "avg_pool3d", "adaptive_avg_pool2d"])
+                                  "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                                  "adaptive_max_pool1d", "adaptive_max_pool2d"])
 def test_cuda_matches_autograd_including_ties(name):
     rule = manual.get(name)
     for s in rule.samples(device="cuda", dtype=torch.float64):
