@@ -47,9 +47,12 @@ from __future__ import annotations
 import math
 from numbers import Number
 
+import numpy as np
+import sympy
 import torch
 
 from gradcheck_kit.errors import InvalidParameterError
+from gradcheck_kit.manual import _symbolic
 from gradcheck_kit.manual._sampling import Maker
 from gradcheck_kit.manual._shapes import unbroadcast
 from gradcheck_kit.manual.registry import Sample, register
@@ -282,10 +285,20 @@ def _binary_backward(largest):
     return backward
 
 
+def maximum_symbolic(input, other):
+    """max(a, b) = (a + b + |a - b|) / 2: at a tie sympy's sign(0) = 0 gives torch's 1/2 each."""
+    return _symbolic.elementwise(lambda a, b: (a + b + sympy.Abs(a - b)) / 2, input, other)
+
+
+def minimum_symbolic(input, other):
+    """min(a, b) = (a + b - |a - b|) / 2."""
+    return _symbolic.elementwise(lambda a, b: (a + b - sympy.Abs(a - b)) / 2, input, other)
+
+
 register("maximum", torch_fn=torch.maximum, tensor_args=("input", "other"), samples=_binary_samples("maximum"),
-         aliases=(torch.Tensor.maximum,))(_binary_backward(True))
+         symbolic=maximum_symbolic, aliases=(torch.Tensor.maximum,))(_binary_backward(True))
 register("minimum", torch_fn=torch.minimum, tensor_args=("input", "other"), samples=_binary_samples("minimum"),
-         aliases=(torch.Tensor.minimum,))(_binary_backward(False))
+         symbolic=minimum_symbolic, aliases=(torch.Tensor.minimum,))(_binary_backward(False))
 
 
 # -- logsumexp ----------------------------------------------------------------------------
@@ -340,8 +353,22 @@ def _one_dim(op, dim, x) -> int:
     return d
 
 
+def cumsum_symbolic(input, dim, dtype=None):
+    """y[.., j, ..] = Add(x[.., :j + 1, ..]) along ``dim``."""
+    x = _symbolic.asarray(input)
+    if x.ndim == 0:
+        return x
+    moved = np.moveaxis(x, dim % x.ndim, -1)
+    out = np.empty(moved.shape, dtype=object)
+    for idx in np.ndindex(moved.shape[:-1]):
+        row = moved[idx]
+        for j in range(row.shape[0]):
+            out[idx + (j,)] = sympy.Add(*row[: j + 1])
+    return np.moveaxis(out, -1, dim % x.ndim)
+
+
 @register("cumsum", torch_fn=torch.cumsum, tensor_args=("input",), samples=_cum_samples("cumsum"),
-          aliases=(torch.Tensor.cumsum,))
+          symbolic=cumsum_symbolic, aliases=(torch.Tensor.cumsum,))
 def cumsum_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
     """y_j = sum_{i<=j} x_i: dL/dx_i = sum_{j>=i} g_j, a reversed cumsum."""
     if not needs_input_grad[0]:
@@ -510,12 +537,25 @@ def clamp_samples(device, dtype):
     yield Sample((mk.noncontiguous(mk.randn(3, 4)), -0.2, None), {}, "clamp[noncontig]")
 
 
+def clamp_symbolic(input, min=None, max=None):
+    """min(max(x, lo), hi) as a Piecewise whose x branch holds at the bounds (torch passes the
+    gradient at x == lo and x == hi); hi wins when lo > hi, as torch."""
+    lo = None if min is None else _symbolic.asarray(min) if not isinstance(min, (int, float)) else min
+    hi = None if max is None else _symbolic.asarray(max) if not isinstance(max, (int, float)) else max
+    if lo is None:
+        return _symbolic.elementwise(lambda x, h: sympy.Piecewise((h, x > h), (x, True)), input, hi)
+    if hi is None:
+        return _symbolic.elementwise(lambda x, lw: sympy.Piecewise((lw, x < lw), (x, True)), input, lo)
+    return _symbolic.elementwise(
+        lambda x, lw, h: sympy.Piecewise((h, sympy.Or(h < lw, x > h)), (lw, x < lw), (x, True)), input, lo, hi)
+
+
 def _bound(b):
     return b if isinstance(b, torch.Tensor) else None
 
 
 @register("clamp", torch_fn=torch.clamp, tensor_args=("input", "min", "max"), samples=clamp_samples,
-          keyword_tensors=("min", "max"), aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip))
+          keyword_tensors=("min", "max"), symbolic=clamp_symbolic, aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip))
 def clamp_backward(grad_output, input, min=None, max=None, *, needs_input_grad, needs_keyword_grad=None):
     """dL/dx = g [lo <= x <= hi]; dL/dlo = g [x < lo, lo < hi]; dL/dhi = g [x > hi or hi < lo]."""
     if min is None and max is None:
