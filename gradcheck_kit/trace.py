@@ -237,9 +237,8 @@ def _assigned_name(code: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 # Operators reach __torch_function__ as dunder methods; the rule mirrors the named method or function.
-_OPERATORS = {"__add__": "add", "__iadd__": "add_", "__sub__": "sub", "__isub__": "sub_", "__mul__": "mul",
-              "__imul__": "mul_", "__truediv__": "div", "__itruediv__": "div_", "__div__": "div",
-              "__matmul__": "matmul", "__pow__": "pow", "__ipow__": "pow_", "__neg__": "neg", "__abs__": "abs",
+_OPERATORS = {"__add__": "add", "__sub__": "sub", "__mul__": "mul", "__truediv__": "div", "__div__": "div",
+              "__matmul__": "matmul", "__pow__": "pow", "__neg__": "neg", "__abs__": "abs",
               "__radd__": "add", "__rmul__": "mul"}
 # Reflected operators whose argument order differs: other OP self.
 _REFLECTED = {"__rsub__": "sub", "__rtruediv__": "div", "__rdiv__": "div", "__rpow__": "pow",
@@ -264,15 +263,46 @@ def _by_name(name: str):
 
 
 def resolve(func, args, kwargs):
-    """``(rule or None, callable to bind against, args, kwargs)`` for one intercepted call.
+    """``(rule or None, callable to bind against, args, kwargs, in_place)`` for one intercepted call.
 
     ``x + y`` arrives as ``Tensor.__add__``; ``2 - x`` as ``Tensor.__rsub__(x, 2)``, which is
     ``sub(2, x)`` with the number made a 0-d tensor of x's dtype (so promotion is unchanged).
+    ``x.add_(y)``, ``x += y``, ``x.relu_()`` are the out-of-place rule written back into ``x``
+    (``in_place`` True).
     """
+    rule, f, args, kwargs = _resolve(func, args, kwargs)
+    if rule is not None:
+        return rule, f, args, kwargs, False
+    name = _name_of(func)
+    if name.startswith("__i") and name.endswith("__") and name[3:-2] in ("add", "sub", "mul", "truediv", "pow"):
+        name = {"truediv": "div"}.get(name[3:-2], name[3:-2]) + "_"
+    if name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], torch.Tensor):
+        rule, f = _by_name(name[:-1])
+        if rule is not None:
+            return rule, f, args, kwargs, True
+    return None, func, args, kwargs, False
+
+
+@functools.lru_cache(maxsize=1)
+def _tensor_attr_names() -> dict:
+    """id(torch.Tensor attribute) -> the name it has there (``Tensor.__pow__.__name__`` is "pow")."""
+    out = {}
+    for cls in (torch._C.TensorBase, torch.Tensor):
+        for n, v in vars(cls).items():
+            out.setdefault(id(v), n)
+            out[id(getattr(torch.Tensor, n, None))] = n
+    return out
+
+
+def _name_of(func) -> str:
+    return _tensor_attr_names().get(id(func)) or getattr(func, "__name__", "")
+
+
+def _resolve(func, args, kwargs):
     rule = _rule_for(func)
     if rule is not None:
         return rule, func, args, kwargs
-    name = getattr(func, "__name__", "")
+    name = _name_of(func)
     if getattr(torch.Tensor, name, None) is func and not name.startswith("_"):
         # a method variant with no alias yet: Tensor.foo(self, ...) is torch.foo(input=self, ...)
         f = getattr(torch, name, None)
@@ -414,7 +444,7 @@ def _build_signature(fn, rule) -> tuple[inspect.Signature, frozenset, bool]:
 _REQUIRED = object()
 
 
-def bind(rule, fn, args, kwargs) -> RuleCall:
+def bind(rule, fn, args, kwargs, in_place: bool = False) -> RuleCall:
     """Normalise ``fn(*args, **kwargs)`` to ``rule``'s form; ``BindError`` says why when it cannot."""
     sig, accepted, var_kw = _binding_signature(fn, rule)
     n_pos = sum(1 for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
@@ -465,7 +495,7 @@ def bind(rule, fn, args, kwargs) -> RuleCall:
         if v is _REQUIRED:
             raise BindError(f"missing argument {k!r}")
         params[k] = slot(v, k) if k in rule.keyword_tensors else v
-    inplace = bool(params.pop("inplace", False))   # run out of place; manual.functional writes back
+    inplace = bool(params.pop("inplace", False)) or in_place   # run out of place; functional writes back
     return RuleCall(rule, tuple(pos), params, tuple(tensors), tuple(slot_names), inplace)
 
 
@@ -694,11 +724,11 @@ class Recorder:
         snaps = call.snapshots
         ref = functools.partial(self._ref, snapshots=snaps)
         if call.rule is None and call.function is None and call.rule_call is None:
-            rule, f, a, k = resolve(call.func, call.args, call.kwargs)
+            rule, f, a, k, ip = resolve(call.func, call.args, call.kwargs)
             if rule is not None:
                 call.rule, call.bind_fn = rule, f
                 try:
-                    call.rule_call = bind(rule, f, a, k)
+                    call.rule_call = bind(rule, f, a, k, ip)
                 except BindError as e:
                     call.bind_error = str(e)
         node = Node(index=-1, op=call.op, fn=call.func if call.function is None else call.function.apply,

@@ -335,12 +335,12 @@ class RuleSession:
             return NotImplemented
         if not any(t.requires_grad for t, _ in call.versions):
             return NotImplemented
-        rule, f, a, k = resolve(call.func, call.args, call.kwargs)
+        rule, f, a, k, in_place = resolve(call.func, call.args, call.kwargs)
         if rule is None:
             return NotImplemented
         call.rule, call.bind_fn = rule, f
         try:
-            rc = bind(rule, f, a, k)
+            rc = bind(rule, f, a, k, in_place)
         except BindError as e:
             call.bind_error = str(e)
             return NotImplemented

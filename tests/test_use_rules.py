@@ -1,0 +1,222 @@
+"""use_rules(): an unmodified model runs on the explicit rules; gradients equal plain autograd's."""
+
+import copy
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gradcheck_kit import manual
+from gradcheck_kit.errors import GradcheckKitError, MissingRuleError
+from gradcheck_kit.manual import use_rules
+from gradcheck_kit.manual.functional import rules_manual
+
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 5))
+
+
+class Block(nn.Module):
+    """A ResNet basic block: conv-bn-relu-conv-bn, += identity, relu (in place, as torchvision)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Dropout(p=0.0), nn.Linear(8, 3))
+
+
+def _step(model, x, t, rules):
+    x = x.clone().requires_grad_()
+    if rules:
+        with use_rules(strict=True) as session:
+            loss = F.cross_entropy(model(x).flatten(1), t)
+            loss.backward()
+    else:
+        session = None
+        loss = F.cross_entropy(model(x).flatten(1), t)
+        loss.backward()
+    return loss, x.grad, session
+
+
+@pytest.mark.parametrize("make,shape", [(_cnn, (2, 3, 6, 6)), (lambda: Block(3), (2, 3, 4, 4)), (_mlp, (4, 6))],
+                         ids=["cnn", "resnet_block", "mlp_dropout0"])
+def test_model_gradients_equal_autograd(make, shape):
+    torch.manual_seed(0)
+    model = make().double()
+    twin = copy.deepcopy(model)
+    x = torch.randn(*shape, dtype=torch.float64)
+    t = torch.arange(shape[0]) % 3
+    loss, gx, session = _step(model, x, t, rules=True)
+    loss_ref, gx_ref, _ = _step(twin, x, t, rules=False)
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=lambda m: f"{name}: {m}")
+    for b, c in zip(model.buffers(), twin.buffers()):   # batch-norm running statistics updated alike
+        torch.testing.assert_close(b, c)
+    assert not session.missing and session.ops[-1] == "cross_entropy"
+    assert {"conv2d", "batch_norm", "relu"} <= set(session.ops) or {"linear"} <= set(session.ops)
+    assert loss.grad_fn.name() == "_RuleFunctionBackward"
+
+
+def test_cnn_runs_every_op_through_rules():
+    model = _cnn()
+    with use_rules() as session:
+        F.cross_entropy(model(torch.randn(2, 3, 6, 6)), torch.tensor([0, 1])).backward()
+    assert session.ops == ["conv2d", "batch_norm", "relu", "max_pool2d", "flatten", "linear", "cross_entropy"]
+
+
+def test_planted_wrong_rule_changes_the_gradient(monkeypatch):
+    """The rules really compute the gradient: a wrong relu rule gives a wrong gradient under use_rules."""
+    rule = manual.get("relu")
+    impl = rule.backward_impl
+    monkeypatch.setattr(rule, "backward_impl", lambda g, x, **kw: tuple(3 * e for e in impl(g, x, **kw)))
+    x = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    with use_rules():
+        y = F.relu(x).sum()
+    (gx,) = torch.autograd.grad(y, x)
+    torch.testing.assert_close(gx, 3.0 * (x > 0).double())
+
+
+def _two_missing(x):
+    a = torch.logaddexp(x, x)
+    b = torch.special.erfcx(a)
+    return b.sum()
+
+
+def test_strict_raises_naming_every_missing_op_and_call_site():
+    x = torch.randn(4, requires_grad=True)
+    line = _two_missing.__code__.co_firstlineno
+    with pytest.raises(MissingRuleError) as info:
+        with use_rules(strict=True):
+            _two_missing(x)
+    msg = str(info.value)
+    assert isinstance(info.value, GradcheckKitError)
+    assert f"torch.logaddexp at test_use_rules.py:{line + 1}" in msg
+    assert f"erfcx at test_use_rules.py:{line + 2}" in msg
+    assert msg.startswith("2 differentiable ops") and msg.count("\n") == 0
+    assert [m.op for m in info.value.ops][:1] == ["torch.logaddexp"]
+
+
+def test_non_strict_records_and_lets_autograd_differentiate():
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    with use_rules(strict=False) as session:
+        y = _two_missing(x)
+    assert [m.op for m in session.missing][0] == "torch.logaddexp" and session.ops == ["sum"]
+    (g,) = torch.autograd.grad(y, x)
+    x2 = x.detach().requires_grad_()
+    (g2,) = torch.autograd.grad(_two_missing(x2), x2)
+    torch.testing.assert_close(g, g2)
+
+
+def test_nondifferentiable_calls_are_not_missing():
+    x = torch.randn(3, 4, requires_grad=True)
+    with use_rules(strict=True) as session:
+        idx = x.argmax(1)
+        x.detach().logaddexp(x.detach())    # no gradient involved
+        with torch.no_grad():
+            torch.logaddexp(x, x)
+        y = torch.sum(x) * 2
+    assert session.ops == ["sum", "mul"] and idx.dtype == torch.int64 and y.requires_grad
+
+
+def test_nothing_changes_outside_and_nesting():
+    x = torch.randn(1, 1, 4, 4, requires_grad=True)
+    w = torch.randn(1, 1, 3, 3, requires_grad=True)
+    with pytest.raises(MissingRuleError):        # the outer, strict session saw the missing op too
+        with use_rules(strict=True) as outer:
+            with use_rules(strict=False) as inner:
+                a = F.conv2d(x, w)
+                b = torch.logaddexp(a, a)
+            c = F.relu(b)
+            assert a.grad_fn.name() == "_RuleFunctionBackward"
+    assert inner.ops == ["conv2d"] and outer.ops == ["conv2d", "relu"]
+    assert [m.op for m in inner.missing] == [m.op for m in outer.missing] == ["torch.logaddexp"]
+    d = F.conv2d(x, w)
+    assert "Convolution" in d.grad_fn.name()
+    assert torch.overrides._get_current_function_mode() is None
+    assert c.requires_grad
+
+
+def test_other_threads_are_unaffected():
+    x = torch.randn(1, 1, 4, 4, requires_grad=True)
+    w = torch.randn(1, 1, 3, 3, requires_grad=True)
+    inside, ready, done = [], threading.Event(), threading.Event()
+
+    def other():
+        ready.wait()
+        inside.append(F.conv2d(x, w).grad_fn.name())
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with use_rules() as session:
+        ready.set()
+        done.wait(10)
+        mine = F.conv2d(x, w).grad_fn.name()
+    t.join()
+    assert mine == "_RuleFunctionBackward" and "Convolution" in inside[0]
+    assert session.ops == ["conv2d"]
+
+
+def test_in_place_arithmetic_runs_through_the_rule():
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    with use_rules(strict=True) as session:
+        z = x * 1.0
+        z += y
+        z.mul_(y)
+        loss = torch.sum(z)
+    assert session.ops == ["mul", "add", "mul", "sum"]
+    gx, gy = torch.autograd.grad(loss, (x, y))
+    torch.testing.assert_close(gx, y.detach())
+    torch.testing.assert_close(gy, x.detach() + 2 * y.detach())
+
+
+def test_rules_manual_gradients_and_double_backward(monkeypatch):
+    def loss(x, w):
+        return torch.sum(F.conv2d(torch.tanh(x), w, padding=1) ** 2)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 5, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    manual_fn = rules_manual(loss)
+    got = manual_fn(x=x, w=w)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = dict(zip("xw", torch.autograd.grad(loss(xr, wr), (xr, wr), create_graph=True)))
+    for k in "xw":
+        torch.testing.assert_close(got[k], ref[k])
+        assert not got[k].requires_grad
+    # first-class: inputs that require grad give differentiable gradients
+    xd, wd = x.clone().requires_grad_(), w.clone().requires_grad_()
+    got2 = manual_fn(x=xd, w=wd)
+    hm = torch.autograd.grad((got2["x"] ** 2).sum(), (xd, wd))
+    hr = torch.autograd.grad((ref["x"] ** 2).sum(), (xr, wr))
+    for a, b in zip(hm, hr):
+        torch.testing.assert_close(a, b)
+    # planted bug: a wrong tanh rule makes rules_manual disagree
+    rule = manual.get("tanh")
+    impl = rule.backward_impl
+    monkeypatch.setattr(rule, "backward_impl", lambda g, x, **kw: tuple(-e for e in impl(g, x, **kw)))
+    bad = manual_fn(x=x, w=w)
+    assert not torch.allclose(bad["x"], ref["x"])
+    torch.testing.assert_close(bad["w"], ref["w"])
+
+
+def test_rules_manual_raises_for_missing_rule():
+    with pytest.raises(MissingRuleError, match="logaddexp"):
+        rules_manual(lambda x: torch.logaddexp(x, x).sum())(x=torch.randn(3))
