@@ -190,20 +190,31 @@ def div_samples(device, dtype):
     for a, b, tag in _binary_table(mk, positive_other=True):
         yield Sample((a, b), {}, f"div[{tag}]")
     yield Sample((mk.randn(2, 3), mk.positive(3)), {"rounding_mode": None}, "div[rounding_mode=None]")
+    for mode in _ROUNDING_MODES:
+        yield Sample((mk.randn(2, 3, scale=3.0), mk.away_from(3, margin=0.25)), {"rounding_mode": mode},
+                     f"div[rounding_mode={mode}]")
+        yield Sample((mk.randn(3, 4, scale=3.0), 0.7), {"rounding_mode": mode}, f"div[rounding_mode={mode},number]")
+
+
+_ROUNDING_MODES = ("trunc", "floor")
 
 
 def div_symbolic(input, other, rounding_mode=None):
     if rounding_mode is not None:
-        raise UnsupportedError(f"div: rounding_mode={rounding_mode!r} is not supported, only None")
+        raise UnsupportedError(f"div: the symbolic forward has no rounding_mode={rounding_mode!r} "
+                               f"(piecewise constant, gradient 0)")
     return _sym(lambda x, y: x / y, input, other)
 
 
 @register("div", torch_fn=torch.div, tensor_args=("input", "other"), samples=div_samples, symbolic=div_symbolic)
 def div_backward(grad_output, input, other, *, needs_input_grad, rounding_mode=None):
-    """y = x / o: dL/dx = unbroadcast(g / o), dL/do = unbroadcast(-g (x / o) / o)."""
+    """y = x / o: dL/dx = unbroadcast(g / o), dL/do = unbroadcast(-g (x / o) / o).
+    rounding_mode "trunc"/"floor": y is piecewise constant, so both gradients are 0, as torch."""
     if rounding_mode is not None:
-        raise UnsupportedError(f"div: rounding_mode={rounding_mode!r} is not supported by the explicit "
-                               f"backward, only rounding_mode=None")
+        if rounding_mode not in _ROUNDING_MODES:
+            raise InvalidParameterError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
+        return (torch.zeros_like(input) if needs_input_grad[0] else None,
+                torch.zeros_like(other) if needs_input_grad[1] else None)
     gx = _to(grad_output / other, input) if needs_input_grad[0] else None
     go = _to(-grad_output * (input / other) / other, other) if needs_input_grad[1] else None
     return gx, go
@@ -359,7 +370,7 @@ def _norm_order(p, dim) -> float:
                 raise InvalidParameterError(f"norm: p='fro' takes at most 2 dims, got dim={dim!r}")
             return 2.0
         if p == "nuc":
-            raise UnsupportedError("norm: p='nuc' (nuclear norm) is not supported, use a numeric p or 'fro'")
+            raise UnsupportedError("norm: p='nuc' (the nuclear norm) has no symbolic forward")
         raise InvalidParameterError(f"norm: p must be a number, 'fro' or 'nuc', got {p!r}")
     if isinstance(p, bool) or not isinstance(p, Number):
         raise InvalidParameterError(f"norm: p must be a number, 'fro' or 'nuc', got {p!r}")
@@ -390,6 +401,9 @@ def norm_samples(device, dtype):
     yield Sample((kinks,), {"p": 0, "dim": 1}, "norm[p=0]")
     yield Sample((mk.randn(4),), {"p": 4}, "norm[1d,p=4]")
     yield Sample((mk.noncontiguous(mk.randn(3, 4)),), {"p": 2, "dim": -1}, "norm[noncontig]")
+    yield Sample((x,), {"p": "nuc"}, "norm[nuc]")
+    yield Sample((mk.randn(2, 3, 4),), {"p": "nuc", "dim": (2, 1), "keepdim": True}, "norm[nuc,dim=(2,1),keepdim]")
+    yield Sample((mk.randn(4, 2, 3),), {"p": "nuc", "dim": (0, 2)}, "norm[nuc,dim=(0,2)]")
 
 
 def norm_symbolic(input, p="fro", dim=None, keepdim=False, out=None, dtype=None):
@@ -428,6 +442,8 @@ def norm_backward(grad_output, input, *, needs_input_grad, p="fro", dim=None, ke
         raise UnsupportedError("norm: out= is not supported by the explicit backward")
     if dtype is not None:
         raise UnsupportedError("norm: dtype= is not supported by the explicit backward, cast the input instead")
+    if p == "nuc":
+        return (_nuclear_norm_backward(grad_output, input, dim, keepdim) if needs_input_grad[0] else None,)
     order = _norm_order(p, dim)
     if not needs_input_grad[0]:
         return (None,)
@@ -452,6 +468,26 @@ def norm_backward(grad_output, input, *, needs_input_grad, p="fro", dim=None, ke
         return (scaled * g * n.pow(1 - order),)
     scaled = x.sgn() * x.abs().pow(order - 1) if order < 2.0 else x * x.abs().pow(order - 2)
     return (scaled * torch.where(n == 0, zero, g / n.pow(order - 1)),)
+
+
+def _nuclear_norm_backward(grad_output, x, dim, keepdim):
+    """||X||_* = sum of singular values over the matrix dims (d0, d1): with X = U S V^T (reduced),
+    dL/dX = g U V^T, the derivative of sum(S) (unique where X has full rank)."""
+    if dim is None:
+        if x.dim() != 2:
+            raise InvalidParameterError(f"norm: p='nuc' needs a 2-d input or a 2-tuple dim, got shape "
+                                        f"{tuple(x.shape)}")
+        dim = (0, 1)
+    if isinstance(dim, int) or len(dim) != 2:
+        raise InvalidParameterError(f"norm: p='nuc' needs dim to be a 2-tuple, got {dim!r}")
+    d0, d1 = (d % x.dim() for d in dim)
+    if d0 == d1:
+        raise InvalidParameterError(f"norm: p='nuc' needs two different dims, got {dim!r}")
+    xm = torch.movedim(x, (d0, d1), (-2, -1))
+    u, _, vh = torch.linalg.svd(xm, full_matrices=False)
+    g = _restore_reduced(grad_output, x.dim(), tuple(sorted((d0, d1))), keepdim)
+    g = torch.movedim(g, (d0, d1), (-2, -1))
+    return torch.movedim(g * (u @ vh), (-2, -1), (d0, d1))
 
 
 # -- dot ----------------------------------------------------------------------------------

@@ -120,6 +120,8 @@ def _batch_norm_samples(device, dtype):
                  {"training": True}, "batch_norm[train,channels_last]")
     yield Sample((mk.noncontiguous(mk.randn(2, c, 4)), mk.randn(c), mk.positive(c), mk.positive(c), mk.randn(c)),
                  {"training": True}, "batch_norm[train,noncontig]")
+    yield Sample((mk.randn(0, c, 2), mk.randn(c), mk.positive(c), mk.positive(c), mk.randn(c)),
+                 {"training": True}, "batch_norm[train,empty_batch]")
 
 
 def batch_norm_symbolic(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
@@ -174,8 +176,13 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
             gb = grad_output.sum(dims).reshape(bias.shape)
         return gx, None, None, gw, gb
 
-    m = input.numel() // c
-    if m <= 1:
+    m = input.numel() // c if c else 0
+    if m == 0:  # an empty batch: torch returns an empty output, dL/dw = dL/db = 0 (sums over nothing)
+        empty_sum = grad_output.sum(dims)
+        return (torch.zeros_like(input) if needs_input_grad[0] else None, None, None,
+                (empty_sum * 0).reshape(weight.shape) if needs_input_grad[3] else None,
+                empty_sum.reshape(bias.shape) if needs_input_grad[4] else None)
+    if m == 1:
         raise InvalidParameterError(f"batch_norm: training needs more than 1 value per channel, "
                                     f"got input of shape {tuple(input.shape)}")
     # w is constant over R, so the means of h = g w in the general formula factor through the two
