@@ -149,9 +149,9 @@ class DeviceRun:
             out.append(res)
         return out
 
-    def tol(self, dtype, scale, kind, order=1):
+    def tol(self, dtype, scale, kind, order=1, noise_floor=True):
         atol, rtol = tolerances(dtype, scale, reference=kind, order=order)
-        if kind == "fd":  # a central difference cannot resolve less than its rounding noise ~ eps |f| / h
+        if kind == "fd" and noise_floor:  # a central difference cannot resolve less than its rounding noise ~ eps |f| / h
             atol = max(atol, self.fd_noise)
         if self.user_atol is not None:
             atol = float(self.user_atol)
@@ -187,6 +187,35 @@ class DeviceRun:
         except Exception:  # noqa: BLE001 - e.g. a manual that only runs in its own dtype
             return None
         return None if g is None else g.detach().to("cpu", torch.float64)
+
+    def subject_grads_at(self, point: dict, float64: bool = False) -> dict:
+        """The subject's gradients (CPU float64) of every checked input at ``point`` (a dict like the inputs).
+
+        ``float64``: call it on float64 CPU copies (for differences of the gradient itself), falling back to
+        the subject's own dtype and device if ``manual`` cannot run there.
+        """
+        def call(pt):
+            if self.manual is not None:
+                res = self.run_fn(self.manual, pt, "manual")
+                return {n: res[n] for n in self.wrt_names}
+            return _autograd(self.run_fn, self.loss, pt, self.wrt_names, {}, allow_unused=True)[0]
+
+        def cast(pt, dev, to64):
+            return {n: (t.detach().to(dev, torch.float64 if to64 else self.work[n].dtype)
+                        if isinstance(t, torch.Tensor) and t.is_floating_point() else
+                        (t.to(dev) if isinstance(t, torch.Tensor) else t)) for n, t in pt.items()}
+
+        g = None
+        if float64:
+            try:
+                g = call(cast(point, "cpu", True))
+            except GradcheckKitError:
+                raise
+            except Exception:  # noqa: BLE001 - a manual that only runs in its own dtype
+                g = None
+        if g is None:
+            g = call(cast(point, self.dev, False))
+        return {n: v.detach().to("cpu", torch.float64) for n, v in g.items()}
 
     def vectors(self, wrt, like: dict) -> dict:
         gen = torch.Generator().manual_seed(self.seed + 1)

@@ -18,7 +18,37 @@ __all__ = ["Result", "Report"]
 
 @dataclass
 class Result:
-    """One comparison: one input, one device, one reference (and order 1, or 2 for double backward)."""
+    """One comparison: one input, one device, one reference (and order 1, or 2 for double backward).
+
+    Fields (stable names; ``to_dict()`` gives them all, NaN/inf as null, tuples as lists):
+
+    * ``name``, ``device``, ``dtype``, ``shape``, ``numel``: what was compared.
+    * ``ok``: the verdict.  ``reference``: what the subject was compared with ("autograd",
+      "autograd (cpu, float64)", "finite-difference"); ``subject``: "manual" or "autograd".
+    * ``order``: 1, or 2 for Hessian-vector products d/dx <grad, v> (``double_backward=True``).
+    * ``cotangent``: for a non-scalar loss with a ``manual(..., grad_output=...)``, which seeded random
+      cotangent (0, 1, ...) was passed as ``grad_output``; None when the loss was summed or scalar.
+    * ``worst_index``: the element with the largest error relative to its allowance; ``manual_value``,
+      ``reference_value`` and ``worst_err`` (|manual - reference| there, or the distance from the valid
+      interval at a kink) all refer to that one element.  ``max_abs_err``/``max_abs_index`` and
+      ``max_rel_err``/``max_rel_index`` are the largest absolute / relative errors, each with its own index.
+    * ``mismatched``: failing elements (of ``numel``) or failing projections (of ``projections``).
+    * ``atol``, ``rtol``: an element fails where its error exceeds ``atol + rtol |reference|``.
+    * finite differences: ``fd_mode`` ("full" | "fast"), ``fd_evaluations``; ``kinks`` (elements, or
+      projections in fast mode, within a step of a kink), decided as ``kinks_inside`` (inside the
+      one-sided interval), ``kinks_hull`` (outside it but inside the hull of nearby pieces' gradients:
+      several kinks meet), ``kinks_outside`` (failed); ``ties`` (elements tied in value with another:
+      potential multi-way kinks), ``jumps`` (kinks where the loss itself jumps); ``point`` ("x", or
+      "x'" when the failure was found at the seeded nearby point); ``rechecked`` / ``recheck_ok``:
+      whether the check ran again at x' off the kinks, and its verdict there.
+    * fast mode: ``projections``, ``block`` (elements per block), ``sensitivity`` (the smallest
+      single-element error caught with probability >= 99%: a smaller one may have been missed).
+    * ``baseline``: k of ``check(baseline=k)``; then ``baseline_error`` is autograd's own max error in
+      the subject's dtype against the float64 reference, ``max_abs_err`` the subject's, and
+      ``baseline_ratio`` their ratio (the subject passes where it is <= k, plus a floor in ``atol``).
+    * ``nondeterminism``: max |run1 - run2| of the subject's backward; ``note``: how the verdict was
+      reached (kinks, points, fast mode); ``hint``: a guess at the bug when it fails.
+    """
 
     name: str
     device: str
@@ -47,6 +77,25 @@ class Result:
     kinks: int = 0                    # elements (full) or projections (fast) within a step of a kink
     nondeterminism: float | None = None  # max |run1 - run2| of the subject's backward (CUDA)
     note: str | None = None
+    worst_err: float | None = None    # the error at worst_index (same element as manual/reference_value)
+    cotangent: int | None = None      # which seeded cotangent was passed as grad_output
+    kinks_inside: int = 0             # kink/tie elements inside their one-sided interval
+    kinks_hull: int = 0               # ... outside it, inside the hull of nearby pieces' gradients
+    kinks_outside: int = 0            # ... outside every valid value seen (failures)
+    ties: int = 0                     # elements whose value is tied with another element's
+    jumps: int = 0                    # kink elements where the loss jumps
+    point: str | None = None          # "x" or "x'" (finite differences)
+    rechecked: bool = False           # checked again at a seeded nearby point off the kinks
+    recheck_ok: bool | None = None
+    sensitivity: float | None = None  # fast mode: smallest single-element error caught (99%)
+    block: int | None = None          # fast mode: elements per block of projections
+    baseline: float | None = None     # check(baseline=k): k
+    baseline_error: float | None = None  # autograd's own error in this dtype vs float64
+    baseline_ratio: float | None = None  # max_abs_err / baseline_error
+
+    def __post_init__(self):
+        if self.worst_err is None and self.manual_value is not None and self.reference_value is not None:
+            self.worst_err = abs(self.manual_value - self.reference_value)
 
     @property
     def label(self) -> str:
@@ -101,18 +150,23 @@ class Report:
     def __str__(self) -> str:
         head = (f"gradcheck: {'ok' if self.ok else 'FAILED'} - {len(self.results) - len(self.failures)}/"
                 f"{len(self.results)} comparisons passed (reference {self.reference})")
-        rows = [("input", "device", "dtype", "shape", "reference", "max abs err", "max rel err", "worst index",
-                 "verdict")]
+        # manual, reference and err@worst all refer to the worst element; max abs err has its own index
+        rows = [("input", "ord", "device", "dtype", "shape", "reference", "verdict", "worst index", "manual",
+                 "reference value", "err@worst", "allowed@worst", "max abs err (at)")]
         for r in self.results:
             verdict = "ok" if r.ok else f"MISMATCH {r.mismatched}/{r.projections or r.numel}"
-            rows.append((r.label, r.device, r.dtype, "x".join(map(str, r.shape)) or "scalar",
-                         r.reference + (f" ({r.fd_mode})" if r.fd_mode else ""), _fmt(r.max_abs_err),
-                         _fmt(r.max_rel_err), _fmt_index(r.worst_index), verdict))
+            allowed = (r.atol + r.rtol * abs(r.reference_value)) if r.reference_value is not None else None
+            rows.append((_label(r), str(r.order), r.device, r.dtype, "x".join(map(str, r.shape)) or "scalar",
+                         r.reference + (f" ({r.fd_mode})" if r.fd_mode else ""), verdict,
+                         _fmt_index(r.worst_index), _fmt(r.manual_value), _fmt(r.reference_value),
+                         _fmt(r.worst_err), _fmt(allowed),
+                         f"{_fmt(r.max_abs_err)} {_fmt_index(r.max_abs_index)}" if r.max_abs_index is not None
+                         else _fmt(r.max_abs_err)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         for r in self.results:
-            if r.hint and not r.ok:
-                lines.append(f"  hint ({r.label}): {r.hint}")
+            for d in _details(r):
+                lines.append(f"  {_label(r)} [{r.reference}]: {d}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -122,7 +176,7 @@ class Report:
         lines = [f"Manual gradients are not close to the reference for {len(fails)} of {len(self.results)} "
                  f"comparisons!"]
         for r in fails:
-            lines += ["", f"Gradient w.r.t. {r.label!r} ({r.device}, {r.dtype}, reference {r.reference}"
+            lines += ["", f"Gradient w.r.t. {_label(r)!r} ({r.device}, {r.dtype}, reference {r.reference}"
                           + (f", {r.fd_mode} finite differences" if r.fd_mode else "") + "):"]
             if r.projections:
                 lines.append(f"Mismatched projections: {r.mismatched} / {r.projections} "
@@ -133,20 +187,47 @@ class Report:
                          f"{_fmt_index(r.max_abs_index or r.worst_index)} (up to {_fmt(r.atol)} allowed)")
             lines.append(f"Greatest relative difference: {_fmt(r.max_rel_err)} at index "
                          f"{_fmt_index(r.max_rel_index or r.worst_index)} (up to {_fmt(r.rtol)} allowed)")
-            if r.worst_index is not None:
+            if r.worst_index is not None or r.manual_value is not None:
                 lines.append(f"Worst element {_fmt_index(r.worst_index)}: manual {_fmt(r.manual_value)}, "
-                             f"reference {_fmt(r.reference_value)}")
-            if r.kinks:
-                lines.append(f"{r.kinks} {'projections' if r.projections else 'elements'} sat at a kink "
-                             f"(accepted anywhere between the one-sided differences)")
-            if r.nondeterminism:
-                lines.append(f"Nondeterminism (two runs of the backward differ by): {_fmt(r.nondeterminism)}")
-            if r.note:
-                lines.append(r.note)
-            if r.hint:
-                lines.append(f"Hint: {r.hint}")
+                             f"reference {_fmt(r.reference_value)}, error {_fmt(r.worst_err)}")
+            for d in _details(r)[1:]:
+                lines.append(d[0].upper() + d[1:])
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _label(r) -> str:
+    return r.label + (f" [cotangent {r.cotangent}]" if r.cotangent is not None else "")
+
+
+def _details(r) -> list:
+    """The lines under the table for one result: tolerances, kinks, fast mode, baseline, note, hint."""
+    out = [f"tolerance atol {_fmt(r.atol)}, rtol {_fmt(r.rtol)}; max rel err {_fmt(r.max_rel_err)} at "
+           f"{_fmt_index(r.max_rel_index)}"]
+    if r.fd_mode:
+        fd = f"finite differences {r.fd_mode}, {r.fd_evaluations} evaluations"
+        if r.kinks or r.ties:
+            fd += (f"; {r.kinks} kink {'projection' if r.projections else 'element'}(s), {r.ties} tied element(s), "
+                   f"{r.jumps} jump(s): {r.kinks_inside} inside the one-sided interval, {r.kinks_hull} in the hull "
+                   f"of nearby pieces, {r.kinks_outside} outside")
+        if r.rechecked:
+            fd += f"; re-checked at a seeded nearby point x': {'ok' if r.recheck_ok else 'MISMATCH'}"
+        if r.point == "x'":
+            fd += "; the values above are at x'"
+        if r.projections:
+            fd += (f"; {r.projections} projections on blocks of {r.block}; sensitivity {_fmt(r.sensitivity)} "
+                   f"(a smaller single-element error may pass)")
+        out.append(fd)
+    if r.baseline is not None:
+        out.append(f"baseline k={r.baseline:g}: manual's error {_fmt(r.max_abs_err)}, autograd's own error in "
+                   f"{r.dtype} {_fmt(r.baseline_error)}, ratio {_fmt(r.baseline_ratio)}")
+    if r.nondeterminism:
+        out.append(f"nondeterminism {_fmt(r.nondeterminism)}")
+    if r.note:
+        out.append(f"note: {r.note}")
+    if r.hint and not r.ok:
+        out.append(f"hint: {r.hint}")
+    return out
 
 
 def _fmt(v) -> str:

@@ -112,7 +112,7 @@ def test_dropped_shared_weight_term_is_caught():
 def test_fast_mode_catches_and_localises():
     rep = check(P.crc_loss, P.crc_inputs(), P.crc_bug("element"), reference="fd", fd_mode="fast")
     x = _by(rep, "x")
-    assert x.fd_mode == "fast" and x.projections == 4 and not x.ok
+    assert x.fd_mode == "fast" and x.projections >= 4 and not x.ok
     assert x.worst_index == (1, 0, 2, 3)
     assert x.manual_value - x.reference_value == pytest.approx(1.0, abs=1e-4)
     assert _by(rep, "w1").ok and _by(rep, "w2").ok
@@ -328,7 +328,7 @@ def test_report_fields_and_json_round_trip():
     assert json.loads(text) == d
     assert d["ok"] is False and d["results"][0]["worst_index"] == [1, 0, 2, 3]
     s = str(rep)
-    assert "MISMATCH" in s and "(1, 0, 2, 3)" in s and "hint (x)" in s
+    assert "MISMATCH" in s and "(1, 0, 2, 3)" in s and "x [autograd]: hint:" in s
 
 
 def test_infinite_relative_error_is_null_in_json():
@@ -431,7 +431,7 @@ def test_fast_mode_at_relu_zeros_checks_just_off_the_kinks():
     rep = check(P.crc_loss, inputs, P.crc_manual, reference="fd", fd_mode="fast")
     assert rep.ok, str(rep)
     assert any(r.kinks for r in rep.results)
-    assert "off it" in next(r.note for r in rep.results if r.kinks)
+    assert "x' (seeded nearby point off the kinks): ok" in next(r.note for r in rep.results if r.kinks)
     bad = check(P.crc_loss, inputs, P.crc_bug("mask"), reference="fd", fd_mode="fast")
     assert not next(r for r in bad.results if r.name == "x").ok
 
