@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 from gradcheck_kit.errors import GradcheckKitError
 
-__all__ = ["Picture", "PlotUnavailableError", "gradient_pairs", "heatmap", "plot_report", "jacobian_picture",
+__all__ = ["Picture", "PlotUnavailableError", "MissingTensorsError", "gradient_pairs", "heatmap", "plot_report", "jacobian_picture",
            "MAX_MAPS", "FD_PICTURE_LIMIT"]
 
 MAX_MAPS = 8              # rows and columns of maps drawn per panel (the worst element's map is always shown)
@@ -38,6 +38,10 @@ FD_PICTURE_LIMIT = 4096   # input elements up to which a finite-difference refer
 
 class PlotUnavailableError(GradcheckKitError, ImportError):
     """matplotlib is not installed (the ``[plot]`` extra)."""
+
+
+class MissingTensorsError(GradcheckKitError, ValueError):
+    """A failing result to draw, but neither the result nor the caller holds the tensors it compared."""
 
 
 @dataclass
@@ -285,22 +289,28 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "input"
 
 
-def plot_report(report, directory, tensors: Mapping[str, tuple] | None = None, *, prefix: str = "") -> list[Picture]:
-    """One PNG per failing result of ``report`` in ``directory``; returns the pictures drawn.
+def plot_report(report, directory, tensors: Mapping[str, tuple] | None = None, *, prefix: str = "",
+                strict: bool = True) -> list[Picture]:
+    """One PNG per failing input of ``report`` in ``directory``; returns the pictures drawn.
 
     The tensors come from ``result.tensors`` (a ``(manual, reference)`` pair) when the result
-    keeps them, else from ``tensors[name]`` (see ``gradient_pairs``).  A failing result with
-    neither is skipped.  Order-2 results (Hessian-vector products) are not drawn.
+    keeps them, else from ``tensors[name]`` (see ``gradient_pairs``).  Only first-order
+    gradient results are drawn (not Hessian-vector products, not a mode's results), one
+    picture per input.  A failing input with no tensors raises ``MissingTensorsError``
+    (``strict=False``: it is skipped, as the CLI does where a reference is too big to redo).
     """
     directory = Path(directory)
     out = []
-    seen = set()
+    seen, missing = set(), []
     for res in getattr(report, "results", []) or []:
-        if getattr(res, "ok", True) or getattr(res, "order", 1) != 1:
+        if getattr(res, "ok", True) or getattr(res, "order", 1) != 1 or getattr(res, "mode", None):
             continue
         name = getattr(res, "name", "input")
+        if name in seen:
+            continue
         pair = getattr(res, "tensors", None) or (tensors or {}).get(name)
-        if pair is None or name in seen:
+        if pair is None:
+            missing.append(name)
             continue
         seen.add(name)
         fname = f"{prefix}{_safe(name)}.png"
@@ -312,6 +322,11 @@ def plot_report(report, directory, tensors: Mapping[str, tuple] | None = None, *
                  f" mismatched")
         out.append(heatmap(name, pair[0], pair[1], directory / fname, hint=getattr(res, "hint", None),
                            worst_index=getattr(res, "worst_index", None), title=title))
+    missing = [n for n in missing if n not in seen]
+    if missing and strict:
+        raise MissingTensorsError(
+            f"cannot draw {', '.join(map(repr, missing))}: the report does not keep the tensors it compared; "
+            f"pass tensors=gradcheck_kit.plot.gradient_pairs(loss, inputs, manual) to plot_report")
     return out
 
 

@@ -100,3 +100,32 @@ def test_jacobian_picture_refuses_huge_matrices(tmp_path):
 
     with pytest.raises(GradcheckKitError, match="too large to draw"):
         plot.jacobian_picture(sympy.SparseMatrix(3000, 2, {}), tmp_path / "J.png")
+
+
+def test_plot_report_without_tensors_says_what_to_pass(tmp_path):
+    import torch
+
+    from gradcheck_kit import check, plot
+    from gradcheck_kit.casefile import load_case
+
+    case = load_case(DATA / "padding_bug.py")
+    inputs = case.make_inputs("cpu", torch.float64)
+    report = check(case.loss, inputs, case.manual, wrt=case.wrt)
+    if all(getattr(r, "tensors", None) is None for r in report.results):
+        with pytest.raises(plot.MissingTensorsError, match="gradient_pairs"):
+            plot.plot_report(report, tmp_path)
+        assert plot.plot_report(report, tmp_path, strict=False) == []
+    else:  # Result keeps (manual, reference): the report draws itself
+        assert len(plot.plot_report(report, tmp_path)) == 1
+
+
+def test_gradient_pairs_without_manual_uses_finite_differences():
+    import torch
+
+    from gradcheck_kit import plot
+
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    pairs = plot.gradient_pairs(lambda x: (x ** 3).sum(), {"x": x})
+    subject, reference = pairs["x"]
+    torch.testing.assert_close(subject, 3 * x ** 2)
+    torch.testing.assert_close(reference, 3 * x ** 2, rtol=1e-6, atol=1e-8)
