@@ -26,8 +26,11 @@ generator in the state the forward saw (``torch.manual_seed(s)`` before each, as
 generic rule checks do).  ``inplace=True`` is accepted, but the rule never modifies its
 input: its forward returns the same values out of place.
 
-CUDA draws through a fused kernel (``native_dropout``) with a different stream of random
-numbers; the rule's forward then still gives a valid dropout, but not torch's mask.
+On CUDA (and XPU, lazy, privateuse1 devices) plain ``dropout`` with ``0 < p < 1`` takes
+torch's fused kernel instead, with its own stream of random numbers: there the rule draws
+through the same public op, ``torch.native_dropout(x, p, True)``, whose second output is
+the keep mask, and uses ``m = keep * (1 / (1 - p))`` as that kernel does.  Channel and
+alpha dropout use ``_dropout_impl`` on every device.
 """
 
 from __future__ import annotations
@@ -65,6 +68,15 @@ def _noise(op: str, x: torch.Tensor, p: float, feature: bool) -> torch.Tensor:
     return noise.bernoulli_(1 - p)                       # a fresh tensor: in place is safe
 
 
+#: Devices on which ``torch.dropout`` takes the fused ``native_dropout`` kernel
+#: (``is_fused_kernel_acceptable`` in Dropout.cpp).
+FUSED_DEVICES = frozenset({"cuda", "xpu", "lazy", "privateuseone"})
+
+
+def _fused(x: torch.Tensor, p: float, feature: bool, alpha: bool) -> bool:
+    return not feature and not alpha and x.device.type in FUSED_DEVICES and 0 < p < 1 and x.numel() > 0
+
+
 def _mask(op: str, x, p, training, feature, alpha):
     """(multiplier m, offset b or None) of ``y = x * m + b``; None for the identity."""
     p = _check_p(op, p)
@@ -72,6 +84,9 @@ def _mask(op: str, x, p, training, feature, alpha):
         return None
     if p == 1:
         return torch.zeros((), dtype=x.dtype, device=x.device), None
+    if _fused(x, p, feature, alpha):                       # torch's fused kernel and its RNG stream
+        keep = torch.native_dropout(x, p, True)[1]
+        return keep.to(x.dtype) * (1.0 / (1.0 - p)), None
     noise = _noise(op, x, p, feature)
     if not alpha:
         return noise / (1 - p), None

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gradcheck_kit import manual
+from gradcheck_kit.manual import dropout as dropout_module
 from gradcheck_kit.errors import InvalidInputError, InvalidParameterError
 from gradcheck_kit.manual._sampling import Maker
 
@@ -118,3 +119,33 @@ def test_mask_keeps_about_one_minus_p_and_rescales():
     assert abs(kept.double().mean().item() - 0.7) < 0.02
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
     assert torch.equal(F.dropout(x, 0.3, training=False), x)
+
+
+def test_fused_kernel_path_mirrors_native_dropout(monkeypatch):
+    """The path taken on CUDA, exercised on the CPU: torch.native_dropout's mask and scale."""
+    x = Maker().randn(4, 5)
+    monkeypatch.setattr(dropout_module, "FUSED_DEVICES", frozenset({"cpu"}))
+    calls = []
+    real = torch.native_dropout
+
+    def spy(*args):
+        calls.append(args[1:])
+        return real(*args)
+
+    monkeypatch.setattr(torch, "native_dropout", spy)
+    rule = manual.get("dropout")
+    torch.manual_seed(2)
+    mine, saved = rule.forward_saved(x, p=0.3)
+    xr = x.clone().requires_grad_(True)
+    torch.manual_seed(2)
+    ref, _ = torch.native_dropout(xr, 0.3, True)
+    assert torch.equal(mine, ref)
+    g = torch.randn(4, 5, dtype=torch.float64)
+    (gref,) = torch.autograd.grad(ref, xr, g)
+    assert torch.equal(rule.backward(g, x, p=0.3, saved=saved)[0], gref)
+    torch.manual_seed(2)
+    assert torch.equal(rule.backward(g, x, p=0.3)[0], gref)
+    assert calls == [(0.3, True)] * 3                     # forward_saved, torch's own call, the re-draw
+    torch.manual_seed(2)                                  # channel dropout never takes the fused kernel
+    assert torch.equal(manual.get("dropout2d").forward(x.reshape(2, 2, 5), p=0.3),
+                       _torch("dropout2d", x.reshape(2, 2, 5), 2, p=0.3))
