@@ -26,7 +26,8 @@ import torch
 
 from gradcheck_kit.compare import DEFAULT_FD_LIMIT, Report, check
 
-__all__ = ["SweepResult", "sweep", "sample_check"]
+__all__ = ["SweepResult", "sweep", "sample_check", "AccuracyResult", "float32_accuracy", "accuracy_table",
+           "ACCURACY_FLOOR"]
 
 
 @dataclass
@@ -163,3 +164,161 @@ def sweep(rule_names: Iterable[str] | None = None, *, device="cpu", dtype: torch
         if progress is not None:
             progress(i + 1, len(work), f"{rule.name}[{s.name}]")
     return out
+
+
+# -- float32 accuracy ------------------------------------------------------------------------
+
+#: relative error floor for torch's own float32 error (one float32 ulp): a rule is compared with
+#: ``max(torch's error, floor)``, so a torch answer that happens to be exact does not divide by 0
+ACCURACY_FLOOR = 2.0 ** -23
+
+
+@dataclass
+class AccuracyResult:
+    """One rule x sample in float32: errors against the float64 autograd truth at the same point.
+
+    ``rule_error`` / ``torch_error``: max over the differentiable arguments of
+    ``max|grad32 - truth| / max|truth|`` (norm-wise relative); ``ratio = rule_error /
+    max(torch_error, ACCURACY_FLOOR)``; ``worst`` names the argument giving ``rule_error``.
+    ``skipped`` says why nothing was measured (non-finite truth, no differentiable input).
+    """
+
+    rule: str
+    sample: str
+    rule_error: float = 0.0
+    torch_error: float = 0.0
+    ratio: float = 0.0
+    worst: str = ""
+    skipped: str | None = None
+
+
+def _to64(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64) if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to64(e) for e in x)
+    return x
+
+
+def _leaf(x):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().clone(memory_format=torch.preserve_format)
+        return x.requires_grad_(True) if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_leaf(e) for e in x)
+    return x
+
+
+def _floats(x) -> list:
+    """The floating tensors in ``x`` (a tensor, a list of them, or anything else), in order."""
+    if isinstance(x, torch.Tensor):
+        return [x] if x.is_floating_point() else []
+    if isinstance(x, (list, tuple)):
+        return [t for e in x for t in _floats(e)]
+    return []
+
+
+def _grad_list(x, g) -> list:
+    """The rule's gradient entry ``g`` for argument ``x``, flattened as ``_floats(x)``."""
+    if isinstance(x, torch.Tensor):
+        return [g] if x.is_floating_point() else []
+    if isinstance(x, (list, tuple)):
+        gs = g if isinstance(g, (list, tuple)) else [None] * len(x)
+        return [t for e, ge in zip(x, gs) for t in _grad_list(e, ge)]
+    return []
+
+
+def _accuracy_one(rule, sample, seed: int) -> AccuracyResult:
+    res = AccuracyResult(rule.name, sample.name)
+    args, kwargs = tuple(sample.args), dict(sample.kwargs)
+    mask = rule.differentiable_mask(args)
+    kw_names = _keyword_wrt(rule, kwargs)
+
+    def leaves_of(a, kw):
+        pos = [(f"{n}[{j}]" if isinstance(x, (list, tuple)) else n, t)
+               for n, x, m in zip(rule.tensor_args, a, mask) if m for j, t in enumerate(_floats(x))]
+        return pos + [(k, kw[k]) for k in kw_names]
+
+    def autograd(a, kw):
+        a, kw = tuple(_leaf(x) if m else x for x, m in zip(a, mask)), {k: (_leaf(v) if k in kw_names else v)
+                                                                        for k, v in kw.items()}
+        torch.manual_seed(seed)
+        out = rule.torch_fn(*a, **kw)
+        outs = out if isinstance(out, tuple) else (out,)
+        named = leaves_of(a, kw)
+        pairs = [(o, c) for o, c in zip(outs, cot) if c is not None]
+        grads = torch.autograd.grad([o for o, _ in pairs], [t for _, t in named],
+                                    [c.to(o.dtype) for o, c in pairs], allow_unused=True)
+        return {n: (torch.zeros_like(t) if gr is None else gr) for (n, t), gr in zip(named, grads)}
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out32 = rule.torch_fn(*args, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    # one cotangent, representable in float32, so both precisions see the same g
+    cot = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype).to(torch.float64).to(o.device)
+           if isinstance(o, torch.Tensor) and o.is_floating_point() else None
+           for o in (out32 if isinstance(out32, tuple) else (out32,))]
+    if not any(c is not None for c in cot) or not (any(mask) or kw_names):
+        res.skipped = "no differentiable input or output"
+        return res
+    truth = autograd(tuple(_to64(a) for a in args), {k: _to64(v) for k, v in kwargs.items()})
+    theirs = autograd(args, kwargs)
+    g32 = tuple(None if c is None else c.to(torch.float32) for c in cot)
+    torch.manual_seed(seed)
+    grads = rule.backward(g32 if isinstance(out32, tuple) else g32[0], *args, **kwargs)
+    mine = {}
+    for n, x, m, gr in zip(rule.tensor_args, args, mask, grads):
+        if m:
+            for j, t in enumerate(_grad_list(x, gr)):
+                mine[f"{n}[{j}]" if isinstance(x, (list, tuple)) else n] = t
+    mine.update({k: grads.keywords.get(k) for k in kw_names})
+    for name, t in truth.items():
+        if not bool(t.isfinite().all()):
+            res.skipped = f"the float64 gradient of {name!r} is not finite"
+            return res
+        scale = float(t.abs().max()) if t.numel() else 0.0
+        if scale == 0.0:
+            continue
+        m = mine.get(name)
+        m = torch.zeros_like(t) if m is None else m.detach().to(torch.float64)
+        e_rule = float((m - t).abs().max()) / scale
+        e_torch = float((theirs[name].detach().to(torch.float64) - t).abs().max()) / scale
+        if e_rule >= res.rule_error:
+            res.rule_error, res.worst = e_rule, name
+        res.torch_error = max(res.torch_error, e_torch)
+        res.ratio = max(res.ratio, e_rule / max(e_torch, ACCURACY_FLOOR))
+    return res
+
+
+def float32_accuracy(rule_names: Iterable[str] | None = None, *, device="cpu", seed: int = 0,
+                     samples: Callable | None = None) -> list[AccuracyResult]:
+    """Every (rule, float32 sample): the rule's float32 error against a float64 autograd truth at
+    the same point, next to torch's own float32 autograd error on the same call."""
+    from gradcheck_kit import manual as registry
+
+    out = []
+    for name in (list(rule_names) if rule_names is not None else registry.names()):
+        rule = registry.get(name)
+        ss = [s for s in rule.samples(device, torch.float32) if _finite(s)]
+        if samples is not None:
+            ss = list(samples(rule, ss))
+        out += [_accuracy_one(rule, s, seed) for s in ss]
+    return out
+
+
+def accuracy_table(results: list[AccuracyResult]) -> str:
+    """Per rule: samples measured, worst ratio (and its sample), the rule's and torch's errors there."""
+    by_rule: dict[str, list[AccuracyResult]] = {}
+    for r in results:
+        by_rule.setdefault(r.rule, []).append(r)
+    lines = [f"{'rule':34} {'n':>3} {'max ratio':>9} {'rule err':>9} {'torch err':>9}  worst sample"]
+    for name, rs in by_rule.items():
+        done = [r for r in rs if r.skipped is None]
+        if not done:
+            lines.append(f"{name:34} {0:>3} {'-':>9} {'-':>9} {'-':>9}  (skipped: {rs[0].skipped})")
+            continue
+        w = max(done, key=lambda r: r.ratio)
+        lines.append(f"{name:34} {len(done):>3} {w.ratio:>9.2f} {w.rule_error:>9.2e} {w.torch_error:>9.2e}  "
+                     f"{w.sample} d/d{w.worst}")
+    return "\n".join(lines)
