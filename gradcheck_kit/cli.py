@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("derive", add_help=False, help="exact symbolic Jacobians with sympy "
                    "(see 'gradcheck-kit derive --help')")
+    sub.add_parser("emit", add_help=False, help="write a case's explicit, verified backward as torch-only "
+                   "Python (see 'gradcheck-kit emit --help')")
     return parser
 
 
@@ -172,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "derive":
             return _derive(argv)
+        if argv and argv[0] == "emit":  # parsed and run by gradcheck_kit._cli_emit
+            from gradcheck_kit import _cli_emit
+
+            return _cli_emit.main(argv[1:])
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
