@@ -140,12 +140,17 @@ def _select_samples(name):
         yield Sample((nan,), {"dim": 1}, f"{name}[dim=1,nan]")
         inf = torch.tensor([[-INF, -INF, -INF], [INF, 1.0, INF]], dtype=dtype, device=device)
         yield Sample((inf,), {"dim": 1}, f"{name}[dim=1,inf]")
+        yield Sample((x, 1), {}, f"{name}[dim positional]")
+        yield Sample((x, mk.randn(4)), {}, f"{name}[other tensor,broadcast]")
     samples.__name__ = f"{name}_samples"
     return samples
 
 
 def _selection_save(fn):
-    def save(input, dim=None, keepdim=False):
+    def save(input, other=None, dim=None, keepdim=False):
+        if isinstance(other, torch.Tensor):               # torch.max(a, b): the binary maximum
+            return fn(input, other), {}
+        dim = other if other is not None else dim         # torch.max(x, 1): dim given positionally
         if dim is None:
             out = fn(input)
             return out, {"result": out}
@@ -155,25 +160,33 @@ def _selection_save(fn):
 
 
 def _selection_backward(op, reduce_fn, largest):
-    def backward(grad_output, input, *, needs_input_grad, dim=None, keepdim=False, saved=None):
+    def backward(grad_output, input, other=None, *, needs_input_grad, dim=None, keepdim=False, saved=None):
+        """Full: g split evenly among the ties.  Along a dim: g to the first extreme (or first NaN).
+        With a tensor ``other`` (``torch.max(a, b)``): the binary ``maximum``/``minimum``."""
+        if isinstance(other, torch.Tensor):
+            return _binary_backward(largest)(grad_output, input, other, needs_input_grad=needs_input_grad)
+        if other is not None:
+            if dim is not None:
+                raise InvalidParameterError(f"{op}: dim given twice ({other!r} and dim={dim!r})")
+            dim = other
         if not needs_input_grad[0]:
-            return (None,)
+            return None, None
         g = _first(grad_output)
         if dim is None:                                   # full reduction: ties share evenly
             result = saved["result"] if saved else reduce_fn(input)
-            return (_evenly(g, input, result),)
+            return _evenly(g, input, result), None
         (d,) = _dims(op, dim, input.dim()) or (0,)
         idx = saved["indices"] if saved else _first_extreme_index(input, d, largest)
         idx = _restore(idx, input.dim(), (d,), keepdim or not input.dim() or saved is None)
         g = _restore(g, input.dim(), (d,), keepdim or not input.dim())
-        return (torch.where(_arange_along(input, d) == idx, g, 0).to(input.dtype),)
+        return torch.where(_arange_along(input, d) == idx, g, 0).to(input.dtype), None
     return backward
 
 
-register("max", torch_fn=torch.max, tensor_args=("input",), samples=_select_samples("max"),
+register("max", torch_fn=torch.max, tensor_args=("input", "other"), samples=_select_samples("max"),
          save=_selection_save(torch.max), aliases=(torch.Tensor.max,))(
     _selection_backward("max", torch.max, True))
-register("min", torch_fn=torch.min, tensor_args=("input",), samples=_select_samples("min"),
+register("min", torch_fn=torch.min, tensor_args=("input", "other"), samples=_select_samples("min"),
          save=_selection_save(torch.min), aliases=(torch.Tensor.min,))(
     _selection_backward("min", torch.min, False))
 
