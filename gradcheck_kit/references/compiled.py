@@ -37,15 +37,16 @@ _TOOLCHAIN_TEXT = ("c++ compiler", "cannot find a working triton", "triton is no
 
 def toolchain_problem(exc: BaseException) -> str | None:
     """One line saying why the compiler cannot run here, or None when ``exc`` is about the loss itself."""
-    seen = set()
-    e = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if type(e).__name__ in _TOOLCHAIN or any(t in str(e).lower() for t in _TOOLCHAIN_TEXT):
-            return f"{type(e).__name__}: {text}"[:300]
+    chain, e = [], exc
+    while e is not None and all(e is not c for c in chain):  # the exception and its causes, outermost first
+        chain.append(e)
         e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
-    return None
+    hit = (next((c for c in chain if type(c).__name__ in _TOOLCHAIN), None)
+           or next((c for c in reversed(chain) if any(t in str(c).lower() for t in _TOOLCHAIN_TEXT)), None))
+    if hit is None:
+        return None
+    lines = [ln.strip() for ln in str(hit).splitlines() if ln.strip()]
+    return f"{type(hit).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 class CompiledReference:
