@@ -8,7 +8,7 @@ from gradcheck_kit.errors import GradcheckKitError, InvalidInputError, InvalidPa
 
 __all__ = ["InvalidInputError", "InvalidParameterError", "UnknownDeviceError", "ManualGradientError",
            "LossError", "LossDependencyError", "NonFiniteReferenceError", "InPlaceModificationError",
-           "FiniteDifferenceTooLargeError"]
+           "FiniteDifferenceTooLargeError", "NonFiniteLossError"]
 
 
 class UnknownDeviceError(GradcheckKitError, ValueError):
@@ -37,3 +37,7 @@ class InPlaceModificationError(GradcheckKitError, RuntimeError):
 
 class FiniteDifferenceTooLargeError(GradcheckKitError, ValueError):
     """Full finite differences would need more loss evaluations than ``fd_limit`` allows."""
+
+
+class NonFiniteLossError(GradcheckKitError, ValueError):
+    """The loss itself is NaN or inf at the given inputs (named at its first non-finite element)."""

@@ -17,7 +17,8 @@ import torch
 from gradcheck_kit._check_errors import InPlaceModificationError, InvalidInputError
 from gradcheck_kit._diff import _absmax, _compare, _result, _scales, tolerances
 from gradcheck_kit._inputs import _is_float
-from gradcheck_kit._session import _autograd, _check_manual, _copy, _leaves, _Runner
+from gradcheck_kit._check_errors import NonFiniteLossError
+from gradcheck_kit._session import _autograd, _check_manual, _copy, _first_nonfinite, _leaves, _Runner
 from gradcheck_kit.errors import GradcheckKitError
 from gradcheck_kit.references import REFERENCES
 from gradcheck_kit.report import _fmt
@@ -41,7 +42,7 @@ class DeviceRun:
 
     def __init__(self, report, dev, *, loss, inputs, manual, wrt, refs, dtype, atol, rtol, double_backward,
                  seed, fd_mode, fd_limit, fd_eps, fd_projections, fd_work, repeat, diagnose, allow_unused,
-                 modes=(), compile_options=None):
+                 modes=(), compile_options=None, baseline=None):
         self.report, self.loss, self.inputs, self.manual = report, loss, inputs, manual
         self.wrt, self.refs, self.dtype, self.user_atol, self.user_rtol = wrt, refs, dtype, atol, rtol
         self.double_backward, self.seed = double_backward, seed
@@ -49,6 +50,7 @@ class DeviceRun:
         self.fd_work = fd_work
         self.diagnose, self.allow_unused = diagnose, allow_unused
         self.modes, self.compile_options = modes, compile_options  # modes/; references/compiled.py
+        self.baseline = baseline  # check(baseline=k): references/autograd.py
         self.run_fn = _Runner(seed)
         self.fd_noise = 0.0  # set by the finite-difference reference: rounding floor of its tolerance
         self.work = {n: _copy(t, dev, dtype) for n, t in inputs.items()}
@@ -75,6 +77,9 @@ class DeviceRun:
         results = []
         for key in self.refs:
             results += REFERENCES[key].compare(self, subject)
+        self._check_loss_finite()
+        results += self._omitted(subject)
+        self._note_nonfinite(subject, results)
         for mode in self.modes:  # forward AD, orders above 2, batched, complex labels (gradcheck_kit/modes/)
             results += mode.run(self, subject, results)
         rep.results += results
@@ -87,6 +92,60 @@ class DeviceRun:
                              f"{_fmt(max(nondet.values()))}); reported as 'nondeterminism', separate from the error")
         # Finally: nothing the user passed was changed.
         self._check_untouched()
+
+    def _check_loss_finite(self):
+        """A NaN or inf anywhere in the loss's output is one clear error naming its first index."""
+        out = self.info.get("value")
+        if out is None:  # no reference ran the loss on these inputs
+            with torch.no_grad():
+                out = self.run_fn(self.loss, self.work, "loss")
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            hit = _first_nonfinite(out.detach())
+            if hit is not None:
+                where = f" at output index {hit[0]}" if out.dim() else ""
+                raise NonFiniteLossError(f"the loss is {hit[1]}{where} at the given inputs ({self.dev}, "
+                                         f"{out.dtype}), so no gradient of it means anything; fix the inputs or the "
+                                         f"loss (a log or division at 0, an overflow) before checking gradients.")
+
+    def _omitted(self, subject) -> list:
+        """A failing result for each floating input the loss depends on that ``manual`` returned nothing for."""
+        if self.manual is None or self.wrt is not None:
+            return []
+        rest = [n for n, t in self.work.items() if _is_float(t) and n not in self.wrt_names]
+        if not rest:
+            return []
+        leaves = _leaves(self.work, rest)
+        with torch.enable_grad():
+            y = self.run_fn(self.loss, leaves, "loss")
+            if not (isinstance(y, torch.Tensor) and y.requires_grad):
+                return []
+            gs = torch.autograd.grad(y.sum(), [leaves[n] for n in rest], allow_unused=True)
+        grads = dict(zip(rest, gs))
+        used = [n for n in rest if grads[n] is not None]
+        out = []
+        for n in used:
+            r = grads[n].detach()
+            # a missing gradient is compared as 0 against autograd's
+            res = self.results(Subject({n: torch.zeros_like(r)}, subject.kind), {n: r}, "autograd", "autograd",
+                               self.work, names=(n,))[0]
+            res.ok = False
+            res.mismatched = max(res.mismatched, 1)
+            res.hint = None
+            res.note = (f"manual returned no gradient for {n!r}, a floating-point input the loss depends on (autograd "
+                        f"finds a path from it): return its gradient too, or pass wrt=... without it")
+            out.append(res)
+        return out
+
+    def _note_nonfinite(self, subject, results):
+        for n, g in subject.grads.items():
+            hit = _first_nonfinite(g.detach()) if g.is_floating_point() else None
+            if hit is None:
+                continue
+            for r in results:
+                if r.name == n and r.order == 1:
+                    r.ok = False
+                    r.note = ((r.note + "; ") if r.note else "") + (
+                        f"{subject.kind}'s gradient of {n!r} is {hit[1]} at index {hit[0]} (its first non-finite element)")
 
     # -- the subject: manual's gradients, or autograd's own when there is no manual --------------------
     def _subject(self) -> Subject:

@@ -112,6 +112,7 @@ def _loss_out(out, summed_info: dict):
     if not isinstance(out, torch.Tensor):
         raise LossError(f"loss must return a torch.Tensor, got {type(out).__name__}.")
     summed_info["shape"] = tuple(out.shape)
+    summed_info["value"] = out.detach()  # checked for NaN/inf once the references have run
     summed_info["summed"] = out.dim() > 0
     return out.sum() if out.dim() > 0 else out
 

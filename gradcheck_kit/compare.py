@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from gradcheck_kit import _pytree
+from gradcheck_kit import _cotangent, _pytree
 from gradcheck_kit import modes as _modes
 from gradcheck_kit._check_errors import InvalidParameterError
 from gradcheck_kit._device import DeviceRun
@@ -46,7 +46,7 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
           fd_mode: str = "auto", fd_limit: int | None = DEFAULT_FD_LIMIT, fd_eps: float = 1e-6,
           fd_projections: int = 4, fd_work: float | None = DEFAULT_FD_WORK, repeat: int | None = None, diagnose: bool = True,
           allow_unused: bool = False, forward_ad: bool = False, order: int | None = None, batched: bool = False,
-          compile_options: dict | None = None) -> Report:
+          compile_options: dict | None = None, baseline: float | None = None, cotangents: int = 3) -> Report:
     """Compare ``manual``'s gradients of ``loss`` (or autograd's, with no ``manual``) with a reference.
 
     ``loss(**inputs)`` returns a tensor (summed if not scalar); ``manual(**inputs)`` returns
@@ -70,9 +70,25 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     ``order=N`` checks derivatives up to order N (2 is ``double_backward=True``); ``batched=True``
     the backward under ``torch.func.vmap``; ``reference="compiled"`` (or a list such as
     ``["both", "compiled"]``) autograd of ``torch.compile(loss, **compile_options)``.
+
+    Verdicts (docs/verdicts.md): ``baseline=k`` (a dtype below float64) passes the subject where its
+    max error against a float64 autograd reference is at most k times autograd's own error in that
+    dtype plus a floor of 1e-3 of the gradient's largest magnitude.  When ``manual`` has a keyword
+    parameter ``grad_output``, a loss is not summed: ``cotangents`` seeded random cotangents are each
+    passed as ``grad_output`` and checked as the gradient of <cotangent, loss> (``_cotangent.py``).
     """
     prepared = _pytree.prepare(loss, inputs, manual, wrt)  # modules, nested containers, complex -> flat names
     loss, inputs, manual, wrt = prepared.loss, prepared.inputs, prepared.manual, prepared.wrt
+    if _cotangent.takes_grad_output(manual) and cotangents:
+        return _along_cotangents(loss, inputs, manual, cotangents, seed, dict(
+            wrt=wrt, reference=reference, device=device, dtype=dtype, atol=atol, rtol=rtol,
+            double_backward=double_backward, seed=seed, fd_mode=fd_mode, fd_limit=fd_limit, fd_eps=fd_eps,
+            fd_projections=fd_projections, fd_work=fd_work, repeat=repeat, diagnose=diagnose,
+            allow_unused=allow_unused, forward_ad=forward_ad, order=order, batched=batched,
+            compile_options=compile_options, baseline=baseline))
+    if baseline is not None and not (isinstance(baseline, (int, float)) and baseline > 0):
+        raise InvalidParameterError(f"baseline={baseline!r} must be a positive number k (the subject may err up "
+                                    f"to k times autograd's own error in its dtype), e.g. 2.0.")
     reference = expand(reference)
     modes = _modes.select(forward_ad=forward_ad, order=order, batched=batched, complex_names=prepared.complex_names)
     double_backward = double_backward or (order is not None and order >= 2)
@@ -90,13 +106,43 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     opts = dict(loss=loss, inputs=inputs, manual=manual, wrt=wrt, refs=refs, dtype=dtype, atol=atol, rtol=rtol,
                 double_backward=double_backward, seed=seed, fd_mode=fd_mode, fd_limit=fd_limit, fd_eps=fd_eps,
                 fd_projections=fd_projections, fd_work=fd_work, repeat=repeat, diagnose=diagnose,
-                allow_unused=allow_unused, modes=modes, compile_options=compile_options)
+                allow_unused=allow_unused, modes=modes, compile_options=compile_options, baseline=baseline)
     for dev in devices:
         DeviceRun(report, dev, **opts).run()
     if report.summed:
         report.notes.insert(0, f"the loss returned a tensor of shape {tuple(report.loss_shape)}; it was summed "
-                               f"to a scalar before differentiating")
+                               f"to a scalar before differentiating (only the all-ones cotangent was checked: "
+                               f"give manual a grad_output parameter to check other cotangents)")
     return report
+
+
+def _along_cotangents(loss, inputs, manual, count, seed, options) -> Report:
+    """One ``check`` per seeded cotangent v (``manual(..., grad_output=v)`` against d<v, loss>/dx), merged."""
+    from gradcheck_kit._session import _Runner
+
+    probe = {n: (t.detach().clone() if isinstance(t, torch.Tensor) else t) for n, t in inputs.items()}
+    with torch.no_grad():
+        y = _Runner(seed)(loss, probe, "loss")
+    if not isinstance(y, torch.Tensor):
+        from gradcheck_kit._check_errors import LossError
+        raise LossError(f"loss must return a torch.Tensor, got {type(y).__name__}.")
+    merged = None
+    for c, v in enumerate(_cotangent.cotangents(y.shape, seed, count)):
+        loss_v, manual_v = _cotangent.along(loss, manual, v)
+        rep = check(loss_v, inputs, manual_v, cotangents=0, **options)
+        for r in rep.results:
+            r.cotangent = c
+        if merged is None:
+            merged = rep
+        else:
+            merged.results += rep.results
+            merged.notes += [n for n in rep.notes if n not in merged.notes]
+    merged.loss_shape, merged.summed = tuple(y.shape), False
+    merged.cotangents = count
+    merged.notes.insert(0, f"manual takes grad_output: checked as the vector-Jacobian product along {count} seeded "
+                           f"random cotangent(s) of the loss's shape {tuple(y.shape)} (standard normal, seeds "
+                           f"{seed + 1000}..{seed + 999 + count}), each against d<cotangent, loss>/dx")
+    return merged
 
 
 def assert_grads_match(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable | None = None,

@@ -133,6 +133,7 @@ class Report:
     double_backward: bool = False
     seed: int = 0
     notes: list = field(default_factory=list)
+    cotangents: int = 0               # seeded cotangents passed as grad_output (0: the loss was summed)
 
     @property
     def ok(self) -> bool:
@@ -145,6 +146,7 @@ class Report:
     def to_dict(self) -> dict:
         return {"ok": self.ok, "summed": self.summed, "loss_shape": list(self.loss_shape),
                 "reference": self.reference, "double_backward": self.double_backward, "seed": self.seed,
+                "cotangents": self.cotangents,
                 "notes": list(self.notes), "results": [r.to_dict() for r in self.results]}
 
     def __str__(self) -> str:

@@ -55,7 +55,7 @@ def crc_manual(x, w1, w2, y, bug=None):
         dw2 = 2 * dw2
     if bug == "sign":
         dw1 = -dw1
-    return {"x": dx, "w1": dw1, "w2": dw2}
+    return {"x": dx, "w1": dw1, "w2": dw2, "y": -r}  # dL/dy = -(z2 - y)
 
 
 def crc_bug(bug):
@@ -107,7 +107,7 @@ def relu_loss(x, G):
 
 
 def relu_manual(x, G):
-    return {"x": G * (x > 0)}  # relu'(0) = 0, torch's convention
+    return {"x": G * (x > 0), "G": F.relu(x)}  # relu'(0) = 0, torch's convention
 
 
 def pool_inputs():
@@ -124,4 +124,4 @@ def pool_manual(x, G):
     # dL/dx: each window's g goes to its argmax (the first maximal element, torch's tie convention)
     _, idx = F.max_pool2d(x, 2, return_indices=True)
     flat = torch.zeros_like(x).flatten(2).scatter_add(2, idx.flatten(2), G.flatten(2))
-    return {"x": flat.view_as(x)}
+    return {"x": flat.view_as(x), "G": F.max_pool2d(x, 2)}
