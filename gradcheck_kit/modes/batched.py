@@ -52,11 +52,13 @@ class Batched:
             return []  # the references already raised on this
         gen = torch.Generator().manual_seed(run.seed + 104729)
         cts = torch.randn((self.size,) + tuple(y0.shape), generator=gen, dtype=torch.float64).to(y0.device, y0.dtype)
-        if run.manual is not None and takes_grad_output(run.manual):
+        # manual(..., grad_output=c): check() runs one cotangent at a time through a wrapper (_cotangent.py)
+        vjp_manual = getattr(run.manual, "grad_output_manual", None) or run.manual
+        if vjp_manual is not None and takes_grad_output(vjp_manual):
             who = "manual (grad_output)"
 
             def vjp(c):
-                res = run.manual(**work, grad_output=c)
+                res = vjp_manual(**work, grad_output=c)
                 return tuple(res[n] for n in wrt)
         else:
             who = "autograd (the loss's backward)"
