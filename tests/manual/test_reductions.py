@@ -165,3 +165,12 @@ def test_planted_cumprod_by_division_is_caught_at_zeros():
     check_backward(manual.get("cumprod"), (zeros,), {"dim": 1})
     with pytest.raises(AssertionError):
         check_backward(_planted("cumprod", divide), (zeros,), {"dim": 1})
+
+
+def test_var_with_empty_dim_list_gives_the_true_gradient():
+    """torch.var(x, dim=[]) reduces every dim, but torch 2.13's backward then divides by a
+    count of 1 - correction (inf gradients); the rule gives the gradient of what was computed."""
+    x = _t([[1.0, 2.0], [4.0, 8.0]])
+    for name in ("var", "std"):
+        (mine,) = manual.get(name).backward(torch.ones((), dtype=torch.float64), x, dim=[])
+        torch.testing.assert_close(mine, _autograd(manual.get(name).torch_fn, x), rtol=1e-12, atol=1e-12)
