@@ -87,5 +87,7 @@ def test_backward_that_cannot_be_vmapped_is_one_clear_error():
         def backward(ctx, g):
             return NoRule.apply(g) * 1.5
 
-    with pytest.raises(ModeError, match="cannot run under torch.func.vmap"):
+    with pytest.raises(ModeError, match="cannot run under torch.func.vmap") as info:
         check(lambda x: Outer.apply(x), {"x": torch.randn(3, dtype=torch.float64)}, batched=True)
+    msg = str(info.value)
+    assert msg.count(". ") == 0 and msg.endswith("."), msg  # one sentence

@@ -17,7 +17,14 @@ from __future__ import annotations
 from gradcheck_kit._check_errors import InvalidParameterError
 from gradcheck_kit.errors import GradcheckKitError
 
-__all__ = ["select", "ModeError"]
+__all__ = ["select", "ModeError", "first_clause"]
+
+
+def first_clause(exc: BaseException) -> str:
+    """``exc``'s message cut to its first line and first sentence, for a one-sentence error."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text.split(". ")[0].rstrip(".:;, ")[:300]
 
 
 class ModeError(GradcheckKitError, RuntimeError):

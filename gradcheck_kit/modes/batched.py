@@ -25,7 +25,7 @@ import torch
 from gradcheck_kit._diff import _compare, _result, _scales
 from gradcheck_kit._session import _leaves
 from gradcheck_kit.errors import GradcheckKitError
-from gradcheck_kit.modes import ModeError
+from gradcheck_kit.modes import ModeError, first_clause
 
 __all__ = ["Batched", "takes_grad_output"]
 
@@ -75,9 +75,8 @@ class Batched:
         except GradcheckKitError:
             raise
         except Exception as e:  # noqa: BLE001 - e.g. a Function without a vmap rule, .item() in a backward
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModeError(f"batched=True: the backward ({who}) cannot run under torch.func.vmap over "
-                            f"cotangents: {type(e).__name__}: {first}"[:600]) from None
+                            f"cotangents: {type(e).__name__}: {first_clause(e)}.") from None
         loop = []
         for c in cts:
             with run.run_fn.seeded(work):

@@ -26,7 +26,7 @@ import torch.autograd.forward_ad as fwAD
 from gradcheck_kit import _fd
 from gradcheck_kit._diff import _compare, _result
 from gradcheck_kit._session import _autograd, _loss_out
-from gradcheck_kit.modes import ModeError
+from gradcheck_kit.modes import ModeError, first_clause
 
 __all__ = ["ForwardAD"]
 
@@ -53,9 +53,8 @@ class ForwardAD:
             except (NotImplementedError, RuntimeError) as e:
                 text = str(e)
                 if "forward AD" in text or "forward-mode" in text or "jvp" in text:
-                    first = text.strip().splitlines()[0]
                     raise ModeError(f"forward_ad=True: the loss cannot run in forward mode with respect to "
-                                    f"{name!r}: {first}") from None
+                                    f"{name!r}: {first_clause(e)}.") from None
                 raise
             tangent = fwAD.unpack_dual(out).tangent
         return 0.0 if tangent is None else float(tangent.double())
