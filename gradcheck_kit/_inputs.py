@@ -69,7 +69,7 @@ def _validate(loss, inputs, manual, wrt, reference, known_references):
             raise InvalidInputError(f"input names must be strings, got {k!r}.")
     if reference not in known_references:
         raise InvalidParameterError(f"reference={reference!r} is not one of 'autograd', 'finite-difference' "
-                                    f"(or 'fd') and 'both'.")
+                                    f"(or 'fd'), 'both' and 'compiled', or a list of them.")
     if wrt is not None:
         if isinstance(wrt, str):
             wrt = (wrt,)
