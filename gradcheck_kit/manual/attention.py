@@ -255,10 +255,11 @@ def _parse(equation: str, shapes):
         out = list(ell_labels) + sorted(t for t, n in counts.items() if n == 1)
     sizes: dict[str, int] = {}
     for labels, sh in zip(full, shapes):
-        for lab, n in zip(labels, sh):
-            if sizes.get(lab, 1) not in (1, n) and n != 1:
-                raise InvalidInputError(f"einsum: label {lab!r} has sizes {sizes[lab]} and {n} in {equation!r}")
-            sizes[lab] = max(sizes.get(lab, 1), n)
+        for lab, n in zip(labels, sh):                     # sizes broadcast: 1 gives way (also to 0)
+            have = sizes.get(lab, 1)
+            if have not in (1, n) and n != 1:
+                raise InvalidInputError(f"einsum: label {lab!r} has sizes {have} and {n} in {equation!r}")
+            sizes[lab] = n if have == 1 else have
     return full, out, sizes, fresh
 
 
@@ -328,6 +329,7 @@ def einsum_samples(device, dtype):
     yield Sample(([mk.noncontiguous(mk.randn(3, 4)), mk.randn(4)],), {"equation": "i j , j -> i"},
                  "einsum[spaces,noncontig]")
     yield Sample(([mk.randn(2, 3, 3)],), {"equation": "...ii->...i"}, "einsum[ellipsis,diagonal]")
+    yield Sample(([mk.randn(3, 0), mk.randn(0, 2)],), {"equation": "ij,jk->ik"}, "einsum[empty contraction]")
     yield Sample(([mk.randn(2, 3), mk.randn(3, 4), mk.randn(4, 2)],), {"equation": "ab,bc,cd->ad"},
                  "einsum[chain]")
 
