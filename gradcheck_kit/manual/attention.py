@@ -199,6 +199,23 @@ def einsum(operands, *, equation):
 
 einsum.mirrors = torch.einsum
 
+
+def _einsum_call(*args, **kwargs):
+    """torch's call ``einsum(eq, a, b)`` or ``einsum(eq, [a, b])`` as the rule's ``((a, b),), {"equation": eq}``.
+
+    ``torch.einsum(*args)`` has no named parameters to bind a call against; a tracer can
+    use this (``rule.torch_fn.call_as_rule``) to map the call onto the rule's arguments.
+    """
+    if kwargs or not args or not isinstance(args[0], str):
+        raise UnsupportedError("einsum: only einsum(equation, *operands) and einsum(equation, [operands]) "
+                               "are supported")
+    equation, rest = args[0], args[1:]
+    operands = tuple(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else tuple(rest)
+    return (operands,), {"equation": equation}
+
+
+einsum.call_as_rule = _einsum_call
+
 _ELL = "."
 
 

@@ -100,6 +100,11 @@ def test_einsum_both_torch_spellings_are_one_call():
     assert torch.equal(torch.einsum("ij,jk", [a, b]), ref)
     with pytest.raises(UnsupportedError, match="sublist"):
         rule.forward([a, b], equation=[0, 1])
+    for call in (("ij,jk", a, b), ("ij,jk", [a, b]), ("ij,jk", (a, b))):
+        args, kwargs = rule.torch_fn.call_as_rule(*call)
+        assert torch.equal(rule.forward(*args, **kwargs), ref)
+    with pytest.raises(UnsupportedError):
+        rule.torch_fn.call_as_rule(a, [0, 1], b, [1, 2])
 
 
 def _random_equation(rng: random.Random):
