@@ -3,8 +3,11 @@
 Two kinds of evidence, cheapest first:
 
 1. the two tensors alone (m = manual, r = reference, bad = mismatch mask):
-   * m = c r               constant factor (c = -1: sign flip; c = 1/N: mean vs sum over N)
-   * m = T(r)              kernel gradient spatially flipped / transposed / channels swapped
+   * m = c r               constant factor (c = -1: sign flip; c = 1/N: mean vs sum over N; also
+                           small ones such as 1.001, when the fit is far tighter than |c - 1|)
+   * m = r + c             constant offset
+   * m = T(r)              kernel gradient spatially flipped / transposed / channels swapped;
+                           one axis flipped; rolled (or shifted with zeros) along one axis
    * one element           an indexing error
    * bad only where r = 0  a missing mask (ReLU, max-pool routing)
    * bad on the border     padding
@@ -12,7 +15,9 @@ Two kinds of evidence, cheapest first:
 2. counterfactual references: autograd on the same loss with one thing changed, traced by a
    ``TorchFunctionMode`` (so no change to the user's code); if m equals one of them, that
    change is the bug:
+   * relu'(0) = 1 instead of torch's 0: not a bug, a valid subgradient at exact zeros (said so)
    * ReLU as straight-through (forward relu, backward identity): a dropped ReLU mask
+   * leaky_relu differentiated as relu: a dropped negative slope
    * one use of a tensor used several times detached: a dropped shared-weight term
    * the kernel of a convolution flipped / transposed for the input gradient only
 """
@@ -141,6 +146,37 @@ class _StraightThroughRelu(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _ReluOneAtZero(TorchFunctionMode):
+    """relu in the forward, relu'(0) = 1 in the backward (mask 1[x >= 0]): the other valid tie convention."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS:
+            x = args[0]
+            return torch.relu(x.detach()) + (x - x.detach()) * (x.detach() >= 0).to(x.dtype)
+        return func(*args, **kwargs)
+
+
+_LEAKY = {F.leaky_relu, torch._C._nn.leaky_relu} if hasattr(torch._C._nn, "leaky_relu") else {F.leaky_relu}
+
+
+class _LeakyAsRelu(TorchFunctionMode):
+    """leaky_relu in the forward, relu's mask in the backward: the negative slope dropped from the gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.applied = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _LEAKY:
+            self.applied += 1
+            x = args[0]
+            y = func(x.detach(), *args[1:], **kwargs)
+            return y + (x - x.detach()) * (x.detach() > 0).to(x.dtype)
+        return func(*args, **kwargs)
+
+
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
 
 
@@ -217,6 +253,11 @@ class Context:
         return {n: (g.detach() if g is not None else torch.zeros_like(leaves[n]).detach())
                 for n, g in zip(self.wrt, gs)}
 
+    def relu_one_at_zero(self) -> dict | None:
+        """Autograd's gradients with relu'(0) = 1 (None when the loss calls no relu)."""
+        self.uses()
+        return self._grads("relu0", _ReluOneAtZero) if self.n_relus else None
+
     def uses(self) -> list:
         """[(label, k, pos, fname, use_no, n_uses)] for tensors used more than once."""
         if self._uses is None:
@@ -240,6 +281,15 @@ class Context:
         if g is not None:
             yield ("it equals the gradient with the ReLU mask dropped: the backward of relu must multiply by "
                    "1[pre-activation > 0] (a mask that zeroes the gradient where the unit was off)"), g
+        holder = {}
+
+        def leaky():
+            holder["mode"] = _LeakyAsRelu()
+            return holder["mode"]
+        g = self._grads("leaky", leaky)
+        if g is not None and holder.get("mode") is not None and holder["mode"].applied:
+            yield ("it equals the gradient with leaky_relu's negative slope dropped: where x < 0 the derivative "
+                   "is negative_slope, not 0"), g
         for label, k, pos, fname, j, n in uses:
             g = self._grads(("use", k, pos), lambda k=k, pos=pos: _DropUse(k, pos))
             if g is not None:
@@ -323,6 +373,49 @@ def _transforms(shape):
     return out
 
 
+def _axis_transforms(shape):
+    """One axis flipped; rolled, or shifted with zeros, by a few places along one axis."""
+    out = []
+    for d, size in enumerate(shape):
+        if size > 1:
+            out.append((f"manual = reference flipped along dim {d} only (an index reversed on one axis: i for n-1-i)",
+                        lambda t, d=d: t.flip(d)))
+    for d, size in enumerate(shape):
+        for s in (1, -1, 2, -2, 3, -3):
+            if size > 2 * abs(s):
+                out.append((f"manual = reference rolled by {s} along dim {d} (a circular shift: an index off by "
+                            f"{abs(s)}, wrapping around)", lambda t, d=d, s=s: t.roll(s, d)))
+                out.append((f"manual = reference shifted by {s} along dim {d}, zeros shifted in (an index or window "
+                            f"offset off by {abs(s)})", lambda t, d=d, s=s: _shift(t, s, d)))
+    return out
+
+
+def _shift(t, s, d):
+    out = torch.zeros_like(t)
+    n = t.shape[d]
+    if s > 0:
+        out.narrow(d, s, n - s).copy_(t.narrow(d, 0, n - s))
+    else:
+        out.narrow(d, 0, n + s).copy_(t.narrow(d, -s, n + s))
+    return out
+
+
+def _kink_hint(name, m, r, bad, ctx) -> str | None:
+    """Mismatches that are a tie convention at ReLU inputs exactly 0, not a bug: say what is known."""
+    if bad is None or not bool(bad.any()):
+        return None
+    g = ctx.relu_one_at_zero()
+    if g is None:
+        return None
+    g = g[name].to("cpu", torch.float64)
+    if _close(g, r, 1e-9) or not _close(m, g, 1e-6):
+        return None
+    nb = int(bad.sum())
+    return (f"all {nb} mismatches sit on ReLU inputs exactly 0, where torch uses relu'(0) = 0; your gradient "
+            f"matches relu'(0) = 1, which is also a valid subgradient: a tie convention, not a wrong formula "
+            f"(reference='fd' accepts it; use (x > 0) to match torch exactly)")
+
+
 def _spatial_dims(t: torch.Tensor):
     return tuple(range(2, t.dim())) if t.dim() >= 3 else ()
 
@@ -399,12 +492,23 @@ def diagnose(name: str, m: torch.Tensor, r: torch.Tensor, bad: torch.Tensor | No
         return f"manual's gradient holds NaN/Inf (first at index {i}): a division by zero or log of 0"
     if rn > 0:
         c = float((m * r).sum()) / rn ** 2
-        if abs(c - 1) > 1e-3 and _close(m, c * r):
+        # a factor, also a small one (1.001): the fit must be much tighter than |c - 1|
+        if abs(c - 1) > 1e-6 and _close(m, c * r, min(1e-3, abs(c - 1) / 20)):
             return _factor_hint(c, ctx, m)
-    for text, tf in _transforms(tuple(r.shape)):
+    d = m - r
+    if r.numel() > 1:
+        off = float(d.mean())
+        if off != 0 and float((d - off).abs().max()) <= 1e-3 * abs(off):
+            return (f"constant offset: manual = reference + {off:.6g} everywhere (a constant added to the gradient, "
+                    f"e.g. a bias term's or a regulariser's derivative counted in the wrong place)")
+    for text, tf in _transforms(tuple(r.shape)) + _axis_transforms(tuple(r.shape)):
         rt = tf(r)
         if not _close(rt, r) and _close(m, rt):
             return text
+    if ctx is not None and name in ctx.wrt:
+        kink = _kink_hint(name, m, r, bad, ctx)
+        if kink:
+            return kink
     hint = _structure_hint(m, r, bad)
     if hint:
         return hint
