@@ -1,5 +1,5 @@
 """Reductions and order statistics: ``max``/``min`` (full and along a dim), ``amax``/``amin``,
-``maximum``/``minimum``, ``median`` (full), ``logsumexp``, ``cumsum``, ``cumprod``,
+``maximum``/``minimum``, ``median``, ``kthvalue``, ``logsumexp``, ``cumsum``, ``cumprod``,
 ``var``/``std`` (and ``var_mean``/``std_mean``), ``clamp``/``clip``.
 
 Notation: ``x`` the input, ``g`` the incoming gradient, ``R`` the reduced dims, ``r(.)``
@@ -8,7 +8,9 @@ re-inserts the reduced dims of a result (``keepdim=False``) so it broadcasts aga
 * Selections (max, min, median): ``y = x[a]`` so ``dL/dx = g`` at the selected element(s).
   Full reductions (``x.max()``, ``x.min()``, ``x.median()``) split ``g`` EVENLY among the
   elements equal to the result, as torch does (``evenly_distribute_backward``); if the
-  result is NaN the NaNs share it.  Along a dim (``x.max(dim)``) the output is
+  result is NaN the NaNs share it.  ``median(dim)`` and ``kthvalue`` send ``g`` to the index
+  torch's kernel returns: which of several tied values it picks is the kernel's choice, so
+  the rule asks the same kernel (or takes the saved indices).  Along a dim (``x.max(dim)``) the output is
   ``(values, indices)`` and the whole ``g`` goes to the returned index: the FIRST maximum,
   or the first NaN (torch's CPU/CUDA kernels); the rule finds that index itself
   (``min over {i : x_i == m} of i``), not from torch's indices.
@@ -225,6 +227,35 @@ def median_backward(grad_output, input, *, needs_input_grad, dim=None, keepdim=F
         return (_evenly(g, input, result),)
     (d,) = _dims("median", dim, input.dim()) or (0,)
     idx = saved["indices"] if saved else torch.median(input, d, keepdim).indices
+    idx = _restore(idx, input.dim(), (d,), keepdim or not input.dim())
+    g = _restore(g, input.dim(), (d,), keepdim or not input.dim())
+    return (torch.where(_arange_along(input, d) == idx, g, 0).to(input.dtype),)
+
+
+def kthvalue_samples(device, dtype):
+    mk = Maker(device, dtype)
+    yield Sample((mk.randn(3, 5),), {"k": 2}, "kthvalue[k=2,last dim]")
+    yield Sample((mk.randn(4, 3),), {"k": 4, "dim": 0, "keepdim": True}, "kthvalue[k=4,dim=0,keepdim]")
+    ties = torch.tensor([[3.0, 1.0, 3.0, 3.0, 2.0], [0.0, 2.0, 2.0, 1.0, 2.0]], dtype=dtype, device=device)
+    yield Sample((ties,), {"k": 3, "dim": 1}, "kthvalue[ties]")
+    yield Sample((torch.tensor([1.0, NAN, 2.0], dtype=dtype, device=device),), {"k": 3}, "kthvalue[nan]")
+    yield Sample((mk.randn(()),), {"k": 1}, "kthvalue[scalar]")
+
+
+def _kthvalue_save(input, k, dim=-1, keepdim=False):
+    out = torch.kthvalue(input, k, dim, keepdim)
+    return out, {"indices": out.indices}
+
+
+@register("kthvalue", torch_fn=torch.kthvalue, tensor_args=("input",), samples=kthvalue_samples,
+          save=_kthvalue_save, aliases=(torch.Tensor.kthvalue,))
+def kthvalue_backward(grad_output, input, *, needs_input_grad, k, dim=-1, keepdim=False, saved=None):
+    """(values, indices): g to the index torch's kernel returns (its choice among tied values)."""
+    if not needs_input_grad[0]:
+        return (None,)
+    g = _first(grad_output)
+    (d,) = _dims("kthvalue", dim, input.dim()) or (0,)
+    idx = saved["indices"] if saved else torch.kthvalue(input, k, d, keepdim).indices
     idx = _restore(idx, input.dim(), (d,), keepdim or not input.dim())
     g = _restore(g, input.dim(), (d,), keepdim or not input.dim())
     return (torch.where(_arange_along(input, d) == idx, g, 0).to(input.dtype),)
