@@ -409,8 +409,108 @@ def group_cli(ctx: Ctx) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------------------------
+# the rule engine: whole models on the generic rules (manual.functional / use_rules)
+# ---------------------------------------------------------------------------------
+
+ENGINE = {
+    "engine_p3": "seed002_p3 conv -> relu -> conv through use_rules (generic rules, not the composite)",
+    "engine_resnet": "ResNet-style training step under use_rules (conv-bn-relu-maxpool, 2x conv-bn-relu, "
+                     "avgpool, linear, cross_entropy)",
+}
+
+
+def _resnet_small(device):
+    import torch.nn as nn
+
+    def cbr(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+    torch.manual_seed(0)
+    return nn.Sequential(*cbr(3, 32), nn.MaxPool2d(3, stride=2, padding=1), *cbr(32, 64), *cbr(64, 64),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).to(device)
+
+
+def engine_variants(row_id: str, device: str, quick: bool = False) -> dict[str, Callable]:
+    """``{"manual": fn, "autograd": fn}``: the same step under ``use_rules(strict=True)`` and plain."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from gradcheck_kit.manual import use_rules
+
+    if row_id == "engine_p3":
+        case = _load_case("conv_relu_conv.py")
+        inp = case.make_inputs(device, torch.float32, seed=0)
+        wrt = case.wrt
+        leaves = {k: (v.detach().requires_grad_() if k in wrt else v) for k, v in inp.items()}
+
+        def autograd():
+            out = case.loss(**leaves).sum()
+            return out, torch.autograd.grad(out, [leaves[n] for n in wrt])
+
+        def manual():
+            with use_rules(strict=True):
+                out = case.loss(**leaves).sum()
+            return out, torch.autograd.grad(out, [leaves[n] for n in wrt])
+
+        return {"manual": manual, "autograd": autograd}
+
+    n = 8 if quick else 32
+    model_r = _resnet_small(device)
+    model_a = copy.deepcopy(model_r)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 64, 64, generator=gen).to(device)
+    t = torch.randint(0, 10, (n,), generator=gen).to(device)
+
+    def step(model, rules):
+        def run():
+            for p in model.parameters():
+                p.grad = None
+            if rules:
+                with use_rules(strict=True):
+                    loss = F.cross_entropy(model(x), t)
+            else:
+                loss = F.cross_entropy(model(x), t)
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.sub_(1e-3 * p.grad)
+            return loss
+        return run
+
+    return {"manual": step(model_r, True), "autograd": step(model_a, False)}
+
+
+def group_engine(ctx: Ctx) -> list[Row]:
+    rows = []
+    goals = {"engine_p3": ("<= 1.10x time, <= 1.0x memory", 1.10), "engine_resnet": ("<= 1.25x time, <= 1.0x memory", 1.25)}
+    for row_id, what in ENGINE.items():
+        goal, limit = goals[row_id]
+        try:
+            v = engine_variants(row_id, ctx.device, ctx.quick)
+        except Exception as e:
+            rows.append(na("engine", what, goal, _one_line(e)))
+            continue
+        t = time_pair(v["manual"], v["autograd"], device=ctx.device, repeats=ctx.repeats, warmup=2)
+        mem, mem_note = _peak_pair(row_id, ctx, v)
+        size = " (--quick: batch 8)" if ctx.quick and row_id == "engine_resnet" else ""
+        rows.append(Row("engine", what + size, goal, f"{t.ratio:.2f}x", t.ratio <= limit, t.a_s * 1e3, t.b_s * 1e3,
+                        t.ratio, mem, None if mem is None else mem <= 1.0,
+                        f"{mem_note}; pair-ratio spread {t.spread:.0%} over {t.repeats} pairs"))
+    return rows
+
+
+def variants(row_id: str, device: str, quick: bool) -> dict[str, Callable]:
+    """The callables of any row with a peak-memory measurement (used by ``run.py --_peak``)."""
+    if row_id in ENGINE:
+        return engine_variants(row_id, device, quick)
+    return seed002_variants(row_id, device, quick)
+
+
 GROUPS: dict[str, Callable[[Ctx], list[Row]]] = {
     "seed002": group_seed002,
+    "engine": group_engine,
     "conv": group_conv,
     "rules": group_other_rules,
     "check": group_check,

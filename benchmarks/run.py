@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--device cpu|cuda] [--json PATH] [--only GROUP,...] [--repeats N]
 
-One process runs every group in turn (seed002, conv, rules, check, derive, cli), warm-up
+One process runs every group in turn (seed002, engine, conv, rules, check, derive, cli), warm-up
 first, medians over interleaved repeats (benchmarks/harness.py), and prints one markdown
 table: each row's figure next to its goal.  The JSON file (default
 benchmarks/results/<device>[-quick].json) holds the same rows plus the machine.
@@ -68,7 +68,7 @@ def _peak_child(row_id: str, variant: str, quick: bool) -> None:
     """``--_peak ROW VARIANT``: print the extra peak RSS of one call (run by harness, in a fresh process)."""
     from harness import cpu_peak_bytes_here
 
-    fn = R.seed002_variants(row_id, "cpu", quick)[variant]
+    fn = R.variants(row_id, "cpu", quick)[variant]
     print(json.dumps({"peak_bytes": cpu_peak_bytes_here(fn)}))
 
 

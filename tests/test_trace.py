@@ -116,3 +116,14 @@ def test_recording_is_per_thread():
     assert seen == [None]
     assert [n.op for n in rec.trace.nodes] == ["torch.ones", "exp"]
     assert torch.autograd.Function.apply.__func__.__name__ != "_patched_apply"
+
+
+def test_recording_under_use_rules_keeps_the_rules_saved_results():
+    from gradcheck_kit.manual import use_rules
+
+    x = torch.randn(4, 5, requires_grad=True)
+    with use_rules(strict=True), recording() as rec:
+        y = F.dropout(F.relu(x), p=0.5, training=True)
+    relu, drop = rec.trace.nodes
+    assert relu.via == drop.via == "rules" and drop.rule.name == "dropout"
+    assert set(drop.saved) == {"mask"} and torch.equal(y, F.relu(x).detach() * drop.saved["mask"])

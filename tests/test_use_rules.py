@@ -220,3 +220,18 @@ def test_rules_manual_gradients_and_double_backward(monkeypatch):
 def test_rules_manual_raises_for_missing_rule():
     with pytest.raises(MissingRuleError, match="logaddexp"):
         rules_manual(lambda x: torch.logaddexp(x, x).sum())(x=torch.randn(3))
+
+
+@pytest.mark.cuda
+def test_cuda_cnn_gradients_equal_autograd():
+    torch.manual_seed(0)
+    model = _cnn().double().cuda()
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, device="cuda")
+    t = torch.tensor([0, 1], device="cuda")
+    _, gx, session = _step(model, x, t, rules=True)
+    _, gx_ref, _ = _step(twin, x, t, rules=False)
+    torch.testing.assert_close(gx, gx_ref)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert not session.missing
