@@ -320,3 +320,245 @@ def softplus_backward(grad_output, input, *, needs_input_grad, beta=1.0, thresho
     at_edge = torch.sigmoid(one * threshold)
     slope = torch.where(bx > threshold, one, torch.where(bx == threshold, at_edge, torch.sigmoid(bx)))
     return (grad_output * slope,)
+
+
+# -- smooth and piecewise activations of issue 10 ---------------------------------------
+#
+# Each is y = f(x) elementwise, so dL/dx = g f'(x) with f' as torch computes it (its
+# ``*_backward`` kernel or, for the Python-level ones, autograd through its composite):
+#
+#   silu        x s(x)                      s (1 + x (1 - s)),  s = sigmoid(x)
+#   mish        x tanh(sp(x))               t + x s (1 - t^2),  t = tanh(softplus(x))
+#   hardswish   x relu6(x + 3) / 6          0 (x <= -3), x/3 + 1/2 (-3 < x < 3), 1 (x >= 3)
+#   hardsigmoid relu6(x + 3) / 6            1/6 on (-3, 3), else 0
+#   selu        S (x or A (e^x - 1))        S (x > 0), S A e^x (x <= 0)
+#   celu        x or a (e^(x/a) - 1)        1 (x > 0), e^(x/a) (x <= 0)
+#   logsigmoid  -softplus(-x)               sigmoid(-x)
+#   softsign    x / (1 + |x|)               1/a - sgn(x) x / a^2,  a = 1 + |x| (torch's composite)
+#   hardshrink  x where |x| > l             1 outside [-l, l], 0 inside (edges included)
+#   softshrink  x -+ l where |x| > l        1 outside [-l, l], 0 inside
+#   tanhshrink  x - tanh(x)                 tanh(x)^2
+#   relu6       hardtanh(x, 0, 6)           1 on (0, 6), else 0
+#
+# Where torch's double backward takes a constant branch at a kink (selu and celu at 0) the rule
+# does too, so its second derivative there is torch's.  torch has no double backward for
+# hardsigmoid at all, so that rule is marked ``differentiable_backward=False`` for the generic
+# test and its (zero) second derivative is checked against relu6(x + 3) / 6 instead.
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _activation(name, torch_fn, slope, symbolic_fn, sample_fn, doc, *, params=(), aliases=(),
+                inplace_arg=False, differentiable_backward=True):
+    """Register ``y = f(x)`` with ``dL/dx = g * slope(x, **params)``."""
+
+    def backward(grad_output, input, *, needs_input_grad, inplace=False, **kw):
+        if inplace_arg:
+            _no_inplace(name, inplace)
+        unknown = set(kw) - set(params)
+        if unknown:
+            raise InvalidParameterError(f"{name}: unknown parameter(s) {sorted(unknown)}")
+        if not needs_input_grad[0]:
+            return (None,)
+        return (grad_output * slope(input, **kw),)
+
+    def symbolic(input, inplace=False, **kw):
+        return _sym(symbolic_fn(**kw), input)
+
+    backward.__doc__ = doc
+    backward.__name__ = f"{name}_backward"
+    symbolic.__name__ = f"{name}_symbolic"
+    register(name, torch_fn=torch_fn, tensor_args=("input",), samples=sample_fn, symbolic=symbolic,
+             aliases=aliases, differentiable_backward=differentiable_backward)(backward)
+
+
+def _act_samples(name, *, kinks=(), away=(0.0,), scale=2.0, nan=True, configs=({},)):
+    """3x4 with the kinks exactly, 0-d, non-contiguous, channels-last, and +-inf (and NaN where
+    torch's answer does not depend on the tensor's layout), for each parameter config."""
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+        for kw in configs:
+            tag = ",".join(f"{k}={v}" for k, v in kw.items())
+            pre = f"{name}[{tag}," if tag else f"{name}["
+            k = [p(kw) if callable(p) else p for p in kinks]
+            a = tuple(p(kw) if callable(p) else p for p in away)
+            yield Sample((_with_points(mk, (3, 4), k + [0.0, 1.0, -1.0], away=a, scale=scale),), dict(kw),
+                         f"{pre}3x4]")
+        yield Sample((mk.randn(()),), dict(configs[-1]), f"{name}[scalar]")
+        yield Sample((mk.noncontiguous(mk.away_from(2, 3, points=away if not callable(away[0]) else (0.0,))),),
+                     dict(configs[0]), f"{name}[noncontig]")
+        yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2, scale=scale)),), dict(configs[0]),
+                     f"{name}[4d,channels_last]")
+        points = _NONFINITE if nan else [math.inf, -math.inf]
+        yield Sample((_with_points(mk, (2, 3), points),), dict(configs[0]), f"{name}[{'nan,' if nan else ''}inf]")
+    samples.__name__ = f"{name}_samples"
+    return samples
+
+
+def _silu_slope(x):
+    s = torch.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def _mish_slope(x):
+    t = torch.tanh(F.softplus(x))
+    return t + x * torch.sigmoid(x) * (1.0 - t * t)
+
+
+def _hardswish_slope(x):
+    # torch: 0 (x <= -3), x/3 + 1/2 (-3 < x < 3), 1 (x >= 3, and NaN); the middle branch is only
+    # used on the open interval, where torch's double backward is 1/3
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x <= -3, 0 * one, torch.where(x < 3, x / 3 + 0.5, one))
+
+
+def _hardsigmoid_slope(x):
+    return ((x > -3) & (x < 3)).to(x.dtype) / 6
+
+
+def _elu_like_slope(x, neg_scale, in_scale, pos_scale):
+    """elu-family slope: pos_scale (x > 0, and NaN), neg_scale in_scale e^(in_scale x) (x < 0),
+    the constant neg_scale in_scale at 0 (torch's double backward is 0 there)."""
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    neg = x < 0
+    e = torch.exp(torch.where(neg, x, 0.0) * in_scale)
+    return torch.where(x <= 0, torch.where(neg, neg_scale * in_scale * e, one * (neg_scale * in_scale)),
+                       one * pos_scale)
+
+
+def _check_celu_alpha(alpha):
+    if alpha == 0:
+        raise InvalidParameterError("celu: alpha must not be 0 (it divides x)")
+    return alpha
+
+
+def _softsign_slope(x):
+    a = 1.0 + x.abs()
+    return 1.0 / a - x.sgn() * (x / (a * a))
+
+
+def _shrink_slope(x, lambd=0.5):
+    if lambd < 0:
+        raise InvalidParameterError(f"shrink: lambd must be >= 0, got {lambd!r}")
+    return ((x >= -lambd) & (x <= lambd)).logical_not().to(x.dtype)
+
+
+_activation(
+    "silu", F.silu, _silu_slope, lambda: (lambda x: x / (1 + sympy.exp(-x))),
+    _act_samples("silu"), "y = x sigmoid(x): dL/dx = g s (1 + x (1 - s)).", inplace_arg=True)
+_activation(
+    "mish", F.mish, _mish_slope, lambda: (lambda x: x * sympy.tanh(sympy.log(1 + sympy.exp(x)))),
+    _act_samples("mish"), "y = x tanh(softplus(x)): dL/dx = g (t + x sigmoid(x) (1 - t^2)).", inplace_arg=True)
+_activation(
+    "hardswish", F.hardswish, _hardswish_slope,
+    lambda: (lambda x: sympy.Piecewise((0, x <= -3), (x * (x + 3) / 6, x < 3), (x, True))),
+    _act_samples("hardswish", kinks=[-3.0, 3.0, -4.0, 4.0], away=(-3.0, 3.0), scale=3.0, nan=False),
+    "y = x relu6(x + 3) / 6: dL/dx = g (0 if x <= -3, x/3 + 1/2 if x < 3, else 1), as torch at +-3.",
+    inplace_arg=True)
+_activation(
+    "hardsigmoid", F.hardsigmoid, _hardsigmoid_slope,
+    lambda: (lambda x: sympy.Piecewise((0, x <= -3), (1, x >= 3), (x / 6 + sympy.Rational(1, 2), True))),
+    _act_samples("hardsigmoid", kinks=[-3.0, 3.0, -4.0, 4.0], away=(-3.0, 3.0), scale=3.0),
+    "y = relu6(x + 3) / 6: dL/dx = g / 6 on (-3, 3), 0 elsewhere (edges too), as torch.", inplace_arg=True,
+    differentiable_backward=False)
+_activation(
+    "selu", F.selu, lambda x: _elu_like_slope(x, _SELU_ALPHA * _SELU_SCALE, 1.0, _SELU_SCALE),
+    lambda: (lambda x: _q(_SELU_SCALE) * sympy.Piecewise((x, x > 0), (_q(_SELU_ALPHA) * (sympy.exp(x) - 1), True))),
+    _act_samples("selu", nan=False),
+    "y = S x (x > 0), S A (e^x - 1) (x <= 0): dL/dx = g S (x > 0), g S A e^x (x <= 0; S A at 0).",
+    aliases=(torch.selu,), inplace_arg=True)
+_activation(
+    "celu", F.celu, lambda x, alpha=1.0: _elu_like_slope(x, alpha, 1.0 / _check_celu_alpha(alpha), 1.0),
+    lambda alpha=1.0: (lambda x: sympy.Piecewise((x, x > 0), (_q(alpha) * (sympy.exp(x / _q(alpha)) - 1), True))),
+    _act_samples("celu", nan=False, configs=({}, {"alpha": 0.5}, {"alpha": 2.0})),
+    "y = x (x > 0), a (e^(x/a) - 1) (x <= 0): dL/dx = g (x > 0), g e^(x/a) (x <= 0; 1 at 0).",
+    params=("alpha",), aliases=(torch.celu,), inplace_arg=True)
+_activation(
+    "logsigmoid", F.logsigmoid, lambda x: torch.sigmoid(-x), lambda: (lambda x: -sympy.log(1 + sympy.exp(-x))),
+    _act_samples("logsigmoid"), "y = log sigmoid(x) = -softplus(-x): dL/dx = g sigmoid(-x).")
+_activation(
+    "softsign", F.softsign, _softsign_slope, lambda: (lambda x: x / (1 + sympy.Abs(x))),
+    _act_samples("softsign"),
+    "y = x / (1 + |x|): dL/dx = g (1/a - sgn(x) x / a^2), a = 1 + |x| (NaN at +-inf, as torch's composite).")
+_activation(
+    "hardshrink", F.hardshrink, _shrink_slope,
+    lambda lambd=0.5: (lambda x: sympy.Piecewise((0, (x >= -_q(lambd)) & (x <= _q(lambd))), (x, True))),
+    _act_samples("hardshrink", kinks=[lambda kw: kw.get("lambd", 0.5), lambda kw: -kw.get("lambd", 0.5)],
+                 away=(lambda kw: kw.get("lambd", 0.5), lambda kw: -kw.get("lambd", 0.5)), nan=False,
+                 configs=({}, {"lambd": 1.0})),
+    "y = x where |x| > lambd, else 0: dL/dx = g outside [-lambd, lambd], 0 inside and at the edges.",
+    params=("lambd",), aliases=(torch.Tensor.hardshrink,))
+_activation(
+    "softshrink", F.softshrink, _shrink_slope,
+    lambda lambd=0.5: (lambda x: sympy.Piecewise((x - _q(lambd), x > _q(lambd)), (x + _q(lambd), x < -_q(lambd)),
+                                                 (0, True))),
+    _act_samples("softshrink", kinks=[lambda kw: kw.get("lambd", 0.5), lambda kw: -kw.get("lambd", 0.5)],
+                 away=(lambda kw: kw.get("lambd", 0.5), lambda kw: -kw.get("lambd", 0.5)), nan=False,
+                 configs=({}, {"lambd": 1.0})),
+    "y = x - lambd (x > lambd), x + lambd (x < -lambd), else 0: dL/dx = g outside [-lambd, lambd].",
+    params=("lambd",))
+_activation(
+    "tanhshrink", F.tanhshrink, lambda x: torch.tanh(x) ** 2, lambda: (lambda x: x - sympy.tanh(x)),
+    _act_samples("tanhshrink"), "y = x - tanh(x): dL/dx = g tanh(x)^2.")
+_activation(
+    "relu6", F.relu6, lambda x: ((x > 0) & (x < 6)).to(x.dtype),
+    lambda: (lambda x: sympy.Piecewise((0, x <= 0), (6, x >= 6), (x, True))),
+    _act_samples("relu6", kinks=[6.0, 7.0], away=(0.0, 6.0), scale=4.0, nan=False),
+    "y = min(max(x, 0), 6): dL/dx = g on (0, 6), 0 elsewhere and at both edges, as torch.", inplace_arg=True)
+
+
+# -- prelu ---------------------------------------------------------------------------------
+
+def _prelu_weight_view(weight: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """The weight broadcast as torch's prelu does: one element for every entry, else one per
+    channel along dim 1 (so an input with fewer than 2 dims takes a 1-element weight only)."""
+    c = weight.numel()
+    if c == 1:
+        return weight.reshape(())
+    if input.dim() < 2 or input.shape[1] != c:
+        channels = input.shape[1] if input.dim() >= 2 else 1
+        raise InvalidParameterError(f"prelu: weight has {c} elements but the input has {channels} channel(s) "
+                                    f"(dim 1 of shape {tuple(input.shape)}); use 1 element or one per channel")
+    return weight.reshape([1, c] + [1] * (input.dim() - 2))
+
+
+def prelu_samples(device, dtype):
+    mk = Maker(device, dtype)
+    # x = 0 stays out of the samples: torch's first derivative takes the w branch there but its
+    # double backward the x >= 0 branch (tests/manual/test_activations.py checks x = 0 first order)
+    yield Sample((mk.away_from(2, 3, 4), mk.uniform(3, low=-0.5, high=0.5)), {}, "prelu[3d,per_channel]")
+    yield Sample((mk.away_from(2, 3), mk.uniform(1, low=0.1, high=0.4)), {}, "prelu[2d,one_weight]")
+    yield Sample((mk.channels_last(mk.away_from(2, 3, 2, 2)), mk.randn(3)), {}, "prelu[4d,channels_last]")
+    yield Sample((mk.away_from(5), mk.uniform(1, low=0.1, high=0.4)), {}, "prelu[unbatched]")
+    yield Sample((mk.randn(()), mk.uniform(1, low=0.1, high=0.4)), {}, "prelu[scalar]")
+    yield Sample((mk.noncontiguous(mk.away_from(4, 3)), mk.randn(3)), {}, "prelu[noncontig]")
+    yield Sample((_with_points(mk, (2, 3), _NONFINITE), mk.uniform(3, low=0.1, high=0.4)), {}, "prelu[nan,inf]")
+
+
+def prelu_symbolic(input, weight):
+    x = _symbolic.asarray(input)
+    w = _symbolic.asarray(weight)
+    wv = w.reshape(()) if w.size == 1 else w.reshape([1, w.size] + [1] * (x.ndim - 2))
+    return _symbolic.elementwise(lambda e, a: sympy.Piecewise((e, e > 0), (a * e, True)), x, wv)
+
+
+@register("prelu", torch_fn=F.prelu, tensor_args=("input", "weight"), samples=prelu_samples,
+          symbolic=prelu_symbolic, aliases=(torch.Tensor.prelu,))
+def prelu_backward(grad_output, input, weight, *, needs_input_grad):
+    """y = x (x > 0), w_c x (x <= 0), w along channel dim 1 (or one w for all):
+    dL/dx = g (1 if x > 0 else w_c),  dL/dw_c = sum over all but dim 1 of g x 1[x <= 0]
+    (x = 0 and NaN take the w branch, as torch)."""
+    wv = _prelu_weight_view(weight, input)
+    pos = input > 0
+    gx = gw = None
+    if needs_input_grad[0]:
+        gx = grad_output * torch.where(pos, torch.ones((), dtype=input.dtype, device=input.device), wv)
+    if needs_input_grad[1]:
+        contrib = grad_output * torch.where(pos, 0.0, input)
+        if weight.numel() == 1:
+            gw = contrib.sum().reshape(weight.shape)
+        else:
+            dims = (0,) + tuple(range(2, input.dim()))
+            gw = contrib.sum(dims).reshape(weight.shape)
+    return gx, gw

@@ -50,6 +50,15 @@ def clone_kwargs(rule: Rule, kwargs, requires_grad: bool = False) -> dict:
     return out
 
 
+# Rules whose float64 autograd reference is itself less precise than float64, with the reason;
+# the rule keeps the exact formula and the comparison with torch is loosened to this rtol.
+TORCH_FLOAT64_RTOL = {
+    # torch's hardsigmoid_backward multiplies by 1/6 rounded to float32 (1.0f / 6.0f) in every
+    # dtype, relative error 3e-8; its forward uses the exact 1/6 (tests/manual/test_activations.py)
+    "hardsigmoid": 1e-7,
+}
+
+
 def tolerances(dtype: torch.dtype, scale: float) -> dict:
     scale = max(1.0, scale)
     if dtype == torch.float64:
@@ -64,7 +73,7 @@ def _maxabs(ts) -> float:
     return max(vals, default=0.0)
 
 
-def _close(actual, expected, dtype, what):
+def _close(actual, expected, dtype, what, rtol=None):
     if expected is None:
         assert actual is None or not bool(actual.detach().ne(0).any()), f"{what}: manual gives a gradient, autograd none"
         return
@@ -75,8 +84,11 @@ def _close(actual, expected, dtype, what):
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     # NaN in the same places counts as equal: torch defines some gradients as NaN (softplus at NaN)
+    tol = tolerances(expected.dtype, _maxabs([expected.nan_to_num(0.0, 0.0, 0.0)]))
+    if rtol is not None and expected.dtype == torch.float64:
+        tol["rtol"] = max(tol["rtol"], rtol)
     torch.testing.assert_close(actual.detach(), expected.detach(), msg=lambda m: f"{what}: {m}", equal_nan=True,
-                               **tolerances(expected.dtype, _maxabs([expected.nan_to_num(0.0, 0.0, 0.0)])))
+                               **tol)
 
 
 def _torch_call(rule: Rule, args, kwargs, seed: int):
@@ -169,7 +181,7 @@ def check_backward(rule: Rule, args, kwargs, *, seed: int = 0, saved: bool = Fal
         if not want:
             assert m is None, f"{rule.name}: gradient for non-differentiable argument {name!r} must be None"
             continue
-        _close(m, r, dtype, f"{rule.name} d/d{name}")
+        _close(m, r, dtype, f"{rule.name} d/d{name}", TORCH_FLOAT64_RTOL.get(rule.name))
     for k, want in kmask.items():
         got = mine.keywords.get(k)
         if not want:
