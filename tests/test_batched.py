@@ -30,6 +30,10 @@ def _center(batch_bug):
             return Center.apply(g)
 
         @staticmethod
+        def jvp(ctx, t):
+            return Center.apply(t)
+
+        @staticmethod
         def vmap(info, in_dims, g):
             g = g.movedim(in_dims[0], 0)
             if batch_bug:
@@ -91,3 +95,13 @@ def test_backward_that_cannot_be_vmapped_is_one_clear_error():
         check(lambda x: Outer.apply(x), {"x": torch.randn(3, dtype=torch.float64)}, batched=True)
     msg = str(info.value)
     assert msg.count(". ") == 0 and msg.endswith("."), msg  # one sentence
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_forward_mode_under_vmap(bug):
+    """gradcheck(check_batched_forward_grad=True): Center's jvp is Center of the tangent, batched by its vmap rule."""
+    Center = _center(bug)
+    rep = check(lambda x, w: Center.apply(x) * w, _inputs(), batched=True, forward_ad=True)
+    fwd = {r.name: r for r in rep.results if r.mode == "batched" and r.reference == "per-tangent loop"}
+    assert set(fwd) == {"x", "w"} and fwd["w"].ok
+    assert fwd["x"].ok is not bug, str(rep)

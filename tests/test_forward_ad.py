@@ -75,3 +75,40 @@ def test_op_without_forward_derivative_is_one_clear_error():
               {"x": torch.randn(3, dtype=torch.float64)}, forward_ad=True)
     msg = str(info.value)
     assert msg.count(". ") == 0 and msg.endswith("."), msg  # one sentence
+
+
+def _cos_function(jvp_sign):
+    class Cos(Function):
+        """cos with backward -g sin x; ``jvp_sign`` = +1 plants a jvp of t sin x instead of -t sin x."""
+
+        @staticmethod
+        def forward(x):
+            return x.cos()
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.save_for_forward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            return -g * x.sin()
+
+        @staticmethod
+        def jvp(ctx, t):
+            x, = ctx.saved_tensors
+            return jvp_sign * t * x.sin()
+    return Cos
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_forward_over_reverse(bug):
+    """gradgradcheck(check_fwd_over_rev=True): manual's gradient cos(x) w differentiated in forward mode."""
+    Cos = _cos_function(1.0 if bug else -1.0)
+    rep = check(lambda x, w: (x.sin() * w).sum(), _inputs(), lambda x, w: {"x": Cos.apply(x) * w, "w": x.sin()},
+                forward_ad=True, order=2)
+    fwd2 = {r.name: r for r in rep.results if r.mode == "forward_ad" and r.order == 2}
+    assert set(fwd2) == {"x", "w"} and fwd2["w"].ok
+    assert fwd2["x"].ok is not bug, str(rep)
+    assert all(r.ok for r in rep.results if r.mode is None)  # reverse over reverse never sees the jvp

@@ -47,7 +47,7 @@ def select(*, forward_ad: bool = False, order: int | None = None, batched: bool 
         modes.append(HigherOrder(order))
     if batched:
         from gradcheck_kit.modes.batched import Batched
-        modes.append(Batched())
+        modes.append(Batched(forward=forward_ad))
     if complex_names:
         from gradcheck_kit.modes.complex import ConjugateConvention
         modes.append(ConjugateConvention(complex_names))  # last: it labels every result of a complex input

@@ -14,6 +14,10 @@ This is ``gradcheck(check_batched_grad=True)`` with functorch's ``vmap``: unlike
 batching of ``autograd.grad(is_grads_batched=True)``, it runs a custom ``autograd.Function``'s
 ``vmap`` staticmethod (or ``generate_vmap_rule``) for Functions called inside the backward, so a
 wrong batching rule is caught.  A result's first index is the cotangent number.
+
+With ``forward_ad=True`` too (gradcheck's ``check_batched_forward_grad``), per input x_n the JVPs
+``torch.func.jvp(loss, x_n; t)`` along B seeded tangents under ``vmap`` must equal the B separate
+calls (the loss's output is not summed; the first index is the tangent number).
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ def takes_grad_output(fn) -> bool:
 class Batched:
     name = "batched"
 
-    def __init__(self, size: int = 3):
+    def __init__(self, size: int = 3, forward: bool = False):
         self.size = size
+        self.forward = forward  # also forward mode: JVPs under vmap over tangents (with forward_ad=True)
 
     def run(self, run, subject, results) -> list:
         wrt = run.wrt_names
@@ -97,5 +102,44 @@ class Batched:
                             f"check the vmap staticmethod of a custom autograd.Function called in the backward "
                             f"(a reduction over the batch dimension, or a batch dimension not moved), or state "
                             f"shared between calls")
+            out.append(res)
+        if self.forward:
+            out += self._forward(run)
+        return out
+
+    def _forward(self, run) -> list:
+        """vmap over B seeded tangents t of jvp(loss, x_n; t) against one call per tangent, per input."""
+        work, out = run.work, []
+        gen = torch.Generator().manual_seed(run.seed + 15485863)
+        for n in run.wrt_names:
+            x = work[n]
+            ts = torch.randn((self.size,) + tuple(x.shape), generator=gen, dtype=torch.float64).to(x.device, x.dtype)
+
+            def jvp(t, n=n):
+                return torch.func.jvp(lambda xn: run.loss(**{**work, n: xn}), (work[n],), (t,))[1]
+            try:
+                with run.run_fn.seeded(work):
+                    got = torch.func.vmap(jvp, randomness="same")(ts).detach()
+            except GradcheckKitError:
+                raise
+            except Exception as e:  # noqa: BLE001 - e.g. a Function without setup_context or vmap rule
+                raise ModeError(f"batched=True with forward_ad=True: the forward mode with respect to {n!r} cannot "
+                                f"run under torch.func.vmap over tangents: {type(e).__name__}: "
+                                f"{first_clause(e)}.") from None
+            loop = []
+            for t in ts:
+                with run.run_fn.seeded(work):
+                    loop.append(jvp(t).detach())
+            ref = torch.stack(loop)
+            atol, rtol = run.tol(got.dtype, _scales({n: ref})[n], "autograd")
+            cmp = _compare(got, ref, atol, rtol)
+            res = _result(n, run.dev, got.dtype, ref.shape, cmp, atol, rtol, reference="per-tangent loop",
+                          subject="forward AD", mode="batched")
+            res.note = (f"batched forward: JVPs of the loss along {self.size} seeded tangents of {n!r} under "
+                        f"torch.func.vmap against one call per tangent (first index = tangent)")
+            if not cmp.ok and run.diagnose:
+                res.hint = (f"forward mode with respect to {n!r} gives other results under vmap than one tangent at "
+                            f"a time: check the vmap staticmethod of a custom autograd.Function (or of one its jvp "
+                            f"calls)")
             out.append(res)
         return out

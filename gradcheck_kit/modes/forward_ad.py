@@ -14,7 +14,9 @@ compared with
 * reverse mode: <g_n, u> with g the loss's autograd gradient (a custom Function's ``backward``),
   so a ``jvp`` that disagrees with its own ``backward`` is caught even where FD is loose.
 
-A result's values are the k directional derivatives (index = tangent number).  The loss is
+A result's values are the k directional derivatives (index = tangent number).  With order >= 2
+(``double_backward``) forward over reverse is checked too: J_G v through forward AD against the
+reverse-over-reverse Hessian-vector product, G the subject gradient.  The loss is
 summed if it is not scalar, as everywhere in ``check``.
 """
 
@@ -115,5 +117,53 @@ class ForwardAD:
             if not cmp.ok and run.diagnose:
                 res.hint = (f"forward and reverse mode disagree for {n!r}: a custom Function's jvp and backward are "
                             f"inconsistent (the finite-difference row says which is right)")
+            out.append(res)
+        if run.double_backward and subject.hvp is not None:
+            out += self._forward_over_reverse(run, subject)
+        return out
+
+    def _forward_over_reverse(self, run, subject) -> list:
+        """Order 2 (gradgradcheck's check_fwd_over_rev): the JVP of the gradient function G along v,
+        J_G v, through forward AD, against the Hessian-vector product d/dx <G, v> = J_G^T v of the
+        reverse-over-reverse check (the same seeded v); J_G is a Hessian, so the two agree."""
+        wrt = run.wrt_names
+        vs = run.vectors(wrt, run.subject)
+        with fwAD.dual_level():
+            duals = {n: fwAD.make_dual(run.work[n].detach().requires_grad_(subject.kind == "autograd"),
+                                       vs[n].to(run.work[n].device, run.work[n].dtype)) for n in wrt}
+            kwargs = {**run.work, **duals}
+            try:
+                if subject.kind == "manual":
+                    res = run.run_fn(run.manual, kwargs, "manual")
+                    grads = [res[n] for n in wrt]
+                else:
+                    with torch.enable_grad():
+                        y = _loss_out(run.run_fn(run.loss, kwargs, "loss"), {})
+                        grads = torch.autograd.grad(y, [duals[n] for n in wrt], create_graph=True,
+                                                    allow_unused=True, materialize_grads=True)
+            except (NotImplementedError, RuntimeError) as e:
+                text = str(e)
+                if "forward AD" in text or "forward-mode" in text or "jvp" in text:
+                    raise ModeError(f"forward_ad=True with order 2: the {subject.kind} gradient cannot run in "
+                                    f"forward mode: {first_clause(e)}.") from None
+                raise
+            tangents = {n: fwAD.unpack_dual(g).tangent for n, g in zip(wrt, grads)}
+        ref = {n: subject.hvp[n].detach() for n in wrt}
+        out = []
+        for n in wrt:
+            t = tangents[n]
+            m = torch.zeros_like(ref[n]) if t is None else t.detach()
+            atol, rtol = run.tol(ref[n].dtype, max(float(ref[n].abs().max()) if ref[n].numel() else 0.0, 1e-30),
+                                 "autograd", order=2)
+            cmp = _compare(m, ref[n], atol, rtol)
+            res = _result(n, run.dev, ref[n].dtype, ref[n].shape, cmp, atol, rtol,
+                          reference="reverse over reverse", subject=f"{subject.kind} (forward over reverse)",
+                          order=2, mode="forward_ad")
+            res.note = ("forward over reverse: the JVP of the gradient along the seeded v of double_backward, "
+                        "against d/dx <gradient, v>")
+            if not cmp.ok and run.diagnose:
+                res.hint = (f"forward-over-reverse and reverse-over-reverse second derivatives of {n!r} disagree: "
+                            f"a jvp of a custom Function used in the backward (or in manual) is wrong, or "
+                            f"the gradient's Jacobian is not symmetric (manual is not the gradient of a loss)")
             out.append(res)
         return out
