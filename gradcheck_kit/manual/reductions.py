@@ -46,6 +46,7 @@ derivatives flow through the same expressions.
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Number
 
@@ -53,13 +54,13 @@ import numpy as np
 import sympy
 import torch
 
-from gradcheck_kit.errors import InvalidParameterError
+from gradcheck_kit.errors import InvalidInputError, InvalidParameterError
 from gradcheck_kit.manual import _symbolic
 from gradcheck_kit.manual._sampling import Maker
 from gradcheck_kit.manual._shapes import unbroadcast
 from gradcheck_kit.manual.registry import Sample, register
 
-__all__: list[str] = []
+__all__ = ["check_call", "validated"]
 
 NAN, INF = float("nan"), float("inf")
 
@@ -118,9 +119,54 @@ def _first_extreme_index(x: torch.Tensor, dim: int, largest: bool) -> torch.Tens
     return torch.where(hit, pos, n).amin(dim, keepdim=True)
 
 
-def _tensor_only(op: str, x):
-    if not isinstance(x, torch.Tensor):
-        raise InvalidParameterError(f"{op}: input must be a tensor, got {type(x).__name__}")
+def _meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_meta(e) for e in x)
+    return x
+
+
+def check_call(op: str, torch_fn, grad_output, args, params) -> None:
+    """Run ``torch_fn(*args, **params)`` on meta tensors (shapes only, no data, no RNG): torch's
+    complaint about the call becomes one ``InvalidParameterError`` naming the op, and each
+    ``grad_output`` entry must have its output's shape (``InvalidInputError``)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = torch_fn(*_meta(tuple(args)), **{k: _meta(v) for k, v in params.items()})
+    except NotImplementedError:
+        return                                            # no meta kernel: nothing to compare
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidParameterError(f"{op}: torch rejects this call: {first}") from None
+    outs = tuple(out) if isinstance(out, tuple) else (out,)
+    gs = tuple(grad_output) if isinstance(grad_output, (tuple, list)) else (grad_output,)
+    if len(gs) != len(outs):
+        raise InvalidInputError(f"{op}: grad_output has {len(gs)} entries for {len(outs)} outputs")
+    for i, (o, g) in enumerate(zip(outs, gs)):
+        if g is None:
+            continue
+        if not isinstance(g, torch.Tensor):
+            raise InvalidInputError(f"{op}: grad_output must be a tensor, got {type(g).__name__}")
+        if tuple(g.shape) != tuple(o.shape):
+            which = f" entry {i}" if len(outs) > 1 else ""
+            raise InvalidInputError(f"{op}: grad_output{which} has shape {tuple(g.shape)} but the output "
+                                    f"has shape {tuple(o.shape)}")
+
+
+def validated(op: str, torch_fn):
+    """Decorator: ``check_call`` with the backward's own call before the backward runs."""
+    def deco(backward):
+        @functools.wraps(backward)
+        def checked(grad_output, *args, needs_input_grad, **params):
+            call = {k: v for k, v in params.items() if k not in ("saved", "needs_keyword_grad")}
+            check_call(op, torch_fn, grad_output, args, call)
+            return backward(grad_output, *args, needs_input_grad=needs_input_grad, **params)
+        return checked
+    return deco
 
 
 # -- max, min (full and along a dim) ---------------------------------------------------------
@@ -187,10 +233,10 @@ def _selection_backward(op, reduce_fn, largest):
 
 register("max", torch_fn=torch.max, tensor_args=("input", "other"), samples=_select_samples("max"),
          save=_selection_save(torch.max), aliases=(torch.Tensor.max,))(
-    _selection_backward("max", torch.max, True))
+    validated("max", torch.max)(_selection_backward("max", torch.max, True)))
 register("min", torch_fn=torch.min, tensor_args=("input", "other"), samples=_select_samples("min"),
          save=_selection_save(torch.min), aliases=(torch.Tensor.min,))(
-    _selection_backward("min", torch.min, False))
+    validated("min", torch.min)(_selection_backward("min", torch.min, False)))
 
 
 def median_samples(device, dtype):
@@ -215,6 +261,7 @@ def _median_save(input, dim=None, keepdim=False):
 
 @register("median", torch_fn=torch.median, tensor_args=("input",), samples=median_samples, save=_median_save,
           aliases=(torch.Tensor.median,))
+@validated("median", torch.median)
 def median_backward(grad_output, input, *, needs_input_grad, dim=None, keepdim=False, saved=None):
     """Full: g split evenly among the elements equal to the (lower) median.  Along a dim: g to
     the index torch's kernel returns (which of tied values it picks is the kernel's choice, so
@@ -249,6 +296,7 @@ def _kthvalue_save(input, k, dim=-1, keepdim=False):
 
 @register("kthvalue", torch_fn=torch.kthvalue, tensor_args=("input",), samples=kthvalue_samples,
           save=_kthvalue_save, aliases=(torch.Tensor.kthvalue,))
+@validated("kthvalue", torch.kthvalue)
 def kthvalue_backward(grad_output, input, *, needs_input_grad, k, dim=-1, keepdim=False, saved=None):
     """(values, indices): g to the index torch's kernel returns (its choice among tied values)."""
     if not needs_input_grad[0]:
@@ -293,9 +341,11 @@ def _amax_backward(op, fn):
 
 
 register("amax", torch_fn=torch.amax, tensor_args=("input",), samples=_amax_samples("amax"),
-         aliases=(torch.Tensor.amax,))(_amax_backward("amax", torch.amax))
+         aliases=(torch.Tensor.amax,))(
+    validated("amax", torch.amax)(_amax_backward("amax", torch.amax)))
 register("amin", torch_fn=torch.amin, tensor_args=("input",), samples=_amax_samples("amin"),
-         aliases=(torch.Tensor.amin,))(_amax_backward("amin", torch.amin))
+         aliases=(torch.Tensor.amin,))(
+    validated("amin", torch.amin)(_amax_backward("amin", torch.amin)))
 
 
 # -- maximum, minimum ---------------------------------------------------------------------
@@ -340,9 +390,11 @@ def minimum_symbolic(input, other):
 
 
 register("maximum", torch_fn=torch.maximum, tensor_args=("input", "other"), samples=_binary_samples("maximum"),
-         symbolic=maximum_symbolic, aliases=(torch.Tensor.maximum,))(_binary_backward(True))
+         symbolic=maximum_symbolic, aliases=(torch.Tensor.maximum,))(
+    validated("maximum", torch.maximum)(_binary_backward(True)))
 register("minimum", torch_fn=torch.minimum, tensor_args=("input", "other"), samples=_binary_samples("minimum"),
-         symbolic=minimum_symbolic, aliases=(torch.Tensor.minimum,))(_binary_backward(False))
+         symbolic=minimum_symbolic, aliases=(torch.Tensor.minimum,))(
+    validated("minimum", torch.minimum)(_binary_backward(False)))
 
 
 # -- logsumexp ----------------------------------------------------------------------------
@@ -362,6 +414,7 @@ def logsumexp_samples(device, dtype):
 
 @register("logsumexp", torch_fn=torch.logsumexp, tensor_args=("input",), samples=logsumexp_samples,
           aliases=(torch.Tensor.logsumexp, torch.special.logsumexp))
+@validated("logsumexp", torch.logsumexp)
 def logsumexp_backward(grad_output, input, *, needs_input_grad, dim, keepdim=False):
     """y = log sum_R exp x: dL/dx = r(g) exp(x - r(y))."""
     if not needs_input_grad[0]:
@@ -413,6 +466,7 @@ def cumsum_symbolic(input, dim, dtype=None):
 
 @register("cumsum", torch_fn=torch.cumsum, tensor_args=("input",), samples=_cum_samples("cumsum"),
           symbolic=cumsum_symbolic, aliases=(torch.Tensor.cumsum,))
+@validated("cumsum", torch.cumsum)
 def cumsum_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
     """y_j = sum_{i<=j} x_i: dL/dx_i = sum_{j>=i} g_j, a reversed cumsum."""
     if not needs_input_grad[0]:
@@ -425,6 +479,7 @@ def cumsum_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
 
 @register("cumprod", torch_fn=torch.cumprod, tensor_args=("input",), samples=_cum_samples("cumprod"),
           aliases=(torch.Tensor.cumprod,))
+@validated("cumprod", torch.cumprod)
 def cumprod_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
     """dL/dx_k = E_k sum_{j>=k} g_j P_kj, E_k = prod_{i<k} x_i, P_kj = prod_{k<i<=j} x_i (no division)."""
     if not needs_input_grad[0]:
@@ -507,6 +562,7 @@ def _varstd_samples(name):
 
 @register("var", torch_fn=torch.var, tensor_args=("input",), samples=_varstd_samples("var"),
           aliases=(torch.Tensor.var,))
+@validated("var", torch.var)
 def var_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=None, correction=None, keepdim=False):
     """y = sum_R (x - mean)^2 / dof: dL/dx = (2 / dof) r(g) (x - r(mean))."""
     if not needs_input_grad[0]:
@@ -516,6 +572,7 @@ def var_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=Non
 
 @register("std", torch_fn=torch.std, tensor_args=("input",), samples=_varstd_samples("std"),
           aliases=(torch.Tensor.std,))
+@validated("std", torch.std)
 def std_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=None, correction=None, keepdim=False):
     """y = sqrt(var): dL/dx = var'(g / (2 y)), with g / (2 y) := 0 where y == 0."""
     if not needs_input_grad[0]:
@@ -550,9 +607,9 @@ def _moments_backward(op, is_std):
 
 
 register("var_mean", torch_fn=torch.var_mean, tensor_args=("input",), samples=_varstd_samples("var_mean"))(
-    _moments_backward("var_mean", False))
+    validated("var_mean", torch.var_mean)(_moments_backward("var_mean", False)))
 register("std_mean", torch_fn=torch.std_mean, tensor_args=("input",), samples=_varstd_samples("std_mean"))(
-    _moments_backward("std_mean", True))
+    validated("std_mean", torch.std_mean)(_moments_backward("std_mean", True)))
 
 
 # -- clamp --------------------------------------------------------------------------------
@@ -600,6 +657,7 @@ def _bound(b):
 
 @register("clamp", torch_fn=torch.clamp, tensor_args=("input", "min", "max"), samples=clamp_samples,
           keyword_tensors=("min", "max"), symbolic=clamp_symbolic, aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip))
+@validated("clamp", torch.clamp)
 def clamp_backward(grad_output, input, min=None, max=None, *, needs_input_grad, needs_keyword_grad=None):
     """dL/dx = g [lo <= x <= hi]; dL/dlo = g [x < lo, lo < hi]; dL/dhi = g [x > hi or hi < lo]."""
     if min is None and max is None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gradcheck_kit import manual
-from gradcheck_kit.errors import InvalidParameterError
+from gradcheck_kit.errors import InvalidInputError, InvalidParameterError
 from tests.manual._rulecheck import check_backward
 
 NAN, INF = float("nan"), float("inf")
@@ -111,14 +111,21 @@ def test_clamp_tensor_bounds_and_keyword_tensors():
     assert grads["max"].tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
-def test_bad_parameters_raise_one_clear_error():
+def test_bad_calls_raise_one_clear_error():
     x = _t([[1.0, 2.0]])
-    with pytest.raises(InvalidParameterError, match="at least one of min and max"):
+    with pytest.raises(InvalidParameterError, match="clamp: torch rejects this call: .*min and max"):
         manual.get("clamp").backward(torch.ones(1, 2, dtype=torch.float64), x)
-    with pytest.raises(InvalidParameterError, match="out of range"):
+    with pytest.raises(InvalidParameterError, match="amax: torch rejects this call: Dimension out of range"):
         manual.get("amax").backward(torch.ones(1, dtype=torch.float64), x, dim=3)
-    with pytest.raises(InvalidParameterError, match="either unbiased= or correction="):
+    with pytest.raises(InvalidParameterError, match="var: torch rejects this call"):
         manual.get("var").backward(torch.ones((), dtype=torch.float64), x, unbiased=True, correction=1)
+    # a grad_output of the wrong shape would broadcast silently: refused
+    with pytest.raises(InvalidInputError, match=r"amax: grad_output has shape \(3,\) but the output has shape \(1,\)"):
+        manual.get("amax").backward(torch.ones(3, dtype=torch.float64), x, dim=1)
+    with pytest.raises(InvalidInputError, match="max: grad_output entry 0 has shape"):
+        manual.get("max").backward((torch.ones(3, dtype=torch.float64), None), x, dim=1)
+    with pytest.raises(InvalidInputError, match="clamp: grad_output has shape"):
+        manual.get("clamp").backward(torch.ones(1, dtype=torch.float64), x, min=0.0)
 
 
 # -- planted bugs: the generic check catches each, and passes the correct twin ------------
