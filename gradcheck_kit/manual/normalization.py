@@ -1,4 +1,4 @@
-"""batch_norm and layer_norm: explicit backward formulas.
+"""batch_norm, layer_norm, group_norm, instance_norm, rms_norm: explicit backward formulas.
 
 Both normalise over a set of axes R (M elements each) and then apply an affine map:
 
@@ -309,3 +309,246 @@ def layer_norm_backward(grad_output, input, weight=None, bias=None, *, needs_inp
     if needs_input_grad[2]:
         gb = g2.sum(0).reshape(bias.shape)
     return gx, gw, gb
+
+
+# ---------------------------------------------------------------------------
+# group_norm, instance_norm, rms_norm
+# ---------------------------------------------------------------------------
+#
+# group_norm and instance_norm normalise rows of x (a row = one sample's group of channels,
+# or one sample's channel) and then apply a per-channel affine map, so with h = g w_c:
+#
+#     dL/dx = r (h - mean_row(h) - xhat mean_row(h xhat)),   dL/dw_c = sum g xhat,   dL/db_c = sum g
+#
+# the sums over every axis but the channel.  rms_norm has no centring:
+#
+#     y = x r w,  r = 1 / sqrt(mean_R(x^2) + eps):  dL/dx = r h - x r^3 mean_R(h x),  dL/dw = sum g x r
+#
+# All statistics are centred two-pass (``_centred``), as for batch_norm and layer_norm.
+
+def _rows_input_grad(h2: torch.Tensor, xc2: torch.Tensor, r: torch.Tensor, d: int) -> torch.Tensor:
+    """dL/dx of xhat = (x - mu) r over the rows of ``(rows, d)`` matrices, given h = dL/dxhat."""
+    return r * (h2 - h2.sum(1, keepdim=True) / d - xc2 * (r * r) * ((h2 * xc2).sum(1, keepdim=True) / d))
+
+
+def _affine_grads(grad_output, xhat, weight, bias, needs_w, needs_b):
+    """dL/dw_c = sum g xhat, dL/db_c = sum g over every dim but 1."""
+    dims = (0,) + tuple(range(2, grad_output.dim()))
+    gw = (grad_output * xhat).sum(dims).reshape(weight.shape) if needs_w else None
+    gb = grad_output.sum(dims).reshape(bias.shape) if needs_b else None
+    return gw, gb
+
+
+def _check_channel_vector(op, name, v, c):
+    if v is not None and v.numel() != c:
+        raise InvalidParameterError(f"{op}: {name} must have {c} entries (one per channel), got shape {tuple(v.shape)}")
+
+
+def group_norm(input, weight=None, bias=None, *, num_groups, eps=1e-05):
+    """``F.group_norm(input, num_groups, weight, bias, eps)`` with its tensors first (see ``layer_norm``)."""
+    return F.group_norm(input, num_groups, weight, bias, eps)
+
+
+group_norm.mirrors = F.group_norm
+
+
+def _group_norm_samples(device, dtype):
+    mk = Maker(device, dtype)
+    rows = [((2, 6, 3), 3, "3d,G3"), ((2, 6, 3), 1, "3d,G1"), ((2, 4, 2, 2), 4, "4d,G=C"), ((3, 4), 2, "2d,G2")]
+    for shape, g, name in rows:
+        c = shape[1]
+        yield Sample((mk.randn(*shape), mk.positive(c), mk.randn(c)), {"num_groups": g}, f"group_norm[{name}]")
+    yield Sample((mk.randn(2, 4, 3), None, None), {"num_groups": 2}, "group_norm[no_affine]")
+    yield Sample((mk.randn(2, 4, 3), mk.positive(4), None), {"num_groups": 2, "eps": 1e-3},
+                 "group_norm[weight_only,eps1e-3]")
+    yield Sample((mk.channels_last(mk.randn(2, 4, 2, 3)), mk.positive(4), mk.randn(4)), {"num_groups": 2},
+                 "group_norm[channels_last]")
+    yield Sample((mk.noncontiguous(mk.randn(2, 4, 3)), mk.positive(4), mk.randn(4)), {"num_groups": 4},
+                 "group_norm[noncontig]")
+    yield Sample((mk.randn(2, 4, 3, scale=0.1) + 7.5, mk.positive(4), mk.randn(4)), {"num_groups": 2},
+                 "group_norm[offset]")
+
+
+def group_norm_symbolic(input, weight=None, bias=None, *, num_groups, eps=1e-05):
+    x = np.asarray(input, dtype=object)
+    n, c = x.shape[:2]
+    xg = x.reshape((n, num_groups, -1))
+    y = _sym_normalize(xg, (2,), _symbolic.to_rational(eps)).reshape(x.shape)
+    view = [1, -1] + [1] * (x.ndim - 2)
+    if weight is not None:
+        y = y * np.asarray(weight, dtype=object).reshape(view)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=object).reshape(view)
+    return np.asarray(y, dtype=object)
+
+
+@register("group_norm", torch_fn=group_norm, tensor_args=("input", "weight", "bias"), samples=_group_norm_samples,
+          symbolic=group_norm_symbolic)
+def group_norm_backward(grad_output, input, weight=None, bias=None, *, needs_input_grad, num_groups, eps=1e-05):
+    """Rows = (sample, group) of C / G channels x spatial: dL/dx = r (h - mean(h) - xhat mean(h xhat)),
+    h = g w_c; dL/dw_c = sum g xhat, dL/db_c = sum g over (N, *spatial)."""
+    if input.dim() < 2:
+        raise InvalidParameterError(f"group_norm: input must be (N, C, *), got shape {tuple(input.shape)}")
+    n, c = input.shape[:2]
+    if not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:
+        raise InvalidParameterError(f"group_norm: num_groups={num_groups!r} must be a positive divisor of the "
+                                    f"{c} channels")
+    for name, v in (("weight", weight), ("bias", bias)):
+        _check_channel_vector("group_norm", name, v, c)
+    if not any(needs_input_grad[:3]):
+        return None, None, None
+    d = input.numel() // max(n * num_groups, 1)
+    x2 = input.reshape(n * num_groups, d)
+    xc2, r = _row_stats(x2, d, eps)
+    gx = gw = gb = None
+    if needs_input_grad[0]:
+        h = grad_output if weight is None else grad_output * _channel_view(weight, input)
+        gx = _rows_input_grad(h.reshape(n * num_groups, d), xc2, r, d).reshape(input.shape)
+    if needs_input_grad[1] or needs_input_grad[2]:
+        gw, gb = _affine_grads(grad_output, (xc2 * r).reshape(input.shape), weight, bias,
+                               needs_input_grad[1], needs_input_grad[2])
+    return gx, gw, gb
+
+
+def _instance_norm_samples(device, dtype):
+    mk = Maker(device, dtype)
+    c = 3
+    yield Sample((mk.randn(2, c, 4), None, None, mk.positive(c), mk.randn(c)), {}, "instance_norm[3d]")
+    yield Sample((mk.randn(2, c, 2, 3), None, None, None, None), {}, "instance_norm[4d,no_affine]")
+    yield Sample((mk.randn(2, c, 4), mk.randn(c), mk.positive(c), mk.positive(c), mk.randn(c)), {"momentum": 0.5},
+                 "instance_norm[running_stats,input_stats]")
+    yield Sample((mk.randn(2, c, 4), mk.randn(c), mk.positive(c), mk.positive(c), mk.randn(c)),
+                 {"use_input_stats": False}, "instance_norm[running_stats,use_running]")
+    yield Sample((mk.randn(2, c, 2, 2), mk.randn(c), mk.positive(c), None, None),
+                 {"use_input_stats": False, "eps": 1e-3}, "instance_norm[use_running,no_affine]")
+    yield Sample((mk.channels_last(mk.randn(2, c, 2, 3)), None, None, mk.positive(c), None), {"eps": 1e-3},
+                 "instance_norm[channels_last,weight_only]")
+    yield Sample((mk.noncontiguous(mk.randn(2, c, 4)), None, None, mk.positive(c), mk.randn(c)), {},
+                 "instance_norm[noncontig]")
+
+
+def instance_norm_symbolic(input, running_mean=None, running_var=None, weight=None, bias=None,
+                           use_input_stats=True, momentum=0.1, eps=1e-05):
+    x = np.asarray(input, dtype=object)
+    view = [1, -1] + [1] * (x.ndim - 2)
+    e = _symbolic.to_rational(eps)
+    if use_input_stats:
+        y = _sym_normalize(x, tuple(range(2, x.ndim)), e)
+    else:
+        rm = np.asarray(running_mean, dtype=object).reshape(view)
+        rv = np.asarray(running_var, dtype=object).reshape(view)
+        y = (x - rm) / np.vectorize(lambda v: sympy.sqrt(v + e), otypes=[object])(rv)
+    if weight is not None:
+        y = y * np.asarray(weight, dtype=object).reshape(view)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=object).reshape(view)
+    return np.asarray(y, dtype=object)
+
+
+@register("instance_norm", torch_fn=F.instance_norm,
+          tensor_args=("input", "running_mean", "running_var", "weight", "bias"),
+          samples=_instance_norm_samples, symbolic=instance_norm_symbolic,
+          nondifferentiable=("running_mean", "running_var"))
+def instance_norm_backward(grad_output, input, running_mean=None, running_var=None, weight=None, bias=None, *,
+                           needs_input_grad, use_input_stats=True, momentum=0.1, eps=1e-05):
+    """use_input_stats: rows = (sample, channel) over the spatial dims, as group_norm with G = C;
+    else the running statistics are constants: dL/dx = g w / sqrt(running_var + eps).
+    The running statistics are read, never written (torch's forward updates its own)."""
+    if input.dim() < 3:
+        raise InvalidParameterError(f"instance_norm: input must be (N, C, *spatial) with at least one spatial "
+                                    f"dim, got shape {tuple(input.shape)}")
+    n, c = input.shape[:2]
+    for name, v in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        _check_channel_vector("instance_norm", name, v, c)
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise InvalidParameterError("instance_norm: running_mean and running_var are required when "
+                                        "use_input_stats=False")
+        r = torch.rsqrt(_channel_view(running_var, input) + eps)
+        gx = None
+        if needs_input_grad[0]:
+            gx = grad_output * (r if weight is None else r * _channel_view(weight, input))
+        xhat = (input - _channel_view(running_mean, input)) * r
+        gw, gb = _affine_grads(grad_output, xhat, weight, bias, needs_input_grad[3], needs_input_grad[4])
+        return gx, None, None, gw, gb
+    d = input.numel() // max(n * c, 1)
+    x2 = input.reshape(n * c, d)
+    xc2, r = _row_stats(x2, d, eps)
+    gx = gw = gb = None
+    if needs_input_grad[0]:
+        h = grad_output if weight is None else grad_output * _channel_view(weight, input)
+        gx = _rows_input_grad(h.reshape(n * c, d), xc2, r, d).reshape(input.shape)
+    if needs_input_grad[3] or needs_input_grad[4]:
+        gw, gb = _affine_grads(grad_output, (xc2 * r).reshape(input.shape), weight, bias,
+                               needs_input_grad[3], needs_input_grad[4])
+    return gx, None, None, gw, gb
+
+
+def rms_norm(input, weight=None, *, normalized_shape, eps=None):
+    """``F.rms_norm(input, normalized_shape, weight, eps)`` with its tensors first (see ``layer_norm``)."""
+    return F.rms_norm(input, normalized_shape, weight, eps)
+
+
+rms_norm.mirrors = F.rms_norm
+
+
+def _rms_norm_samples(device, dtype):
+    mk = Maker(device, dtype)
+    rows = [((3, 4), (4,), "2d,last"), ((2, 3, 4), (3, 4), "3d,last2"), ((5,), (5,), "unbatched")]
+    for shape, ns, name in rows:
+        yield Sample((mk.randn(*shape), mk.positive(*ns)), {"normalized_shape": ns}, f"rms_norm[{name}]")
+    yield Sample((mk.randn(3, 4), None), {"normalized_shape": [4]}, "rms_norm[list_shape,no_weight]")
+    yield Sample((mk.randn(2, 4), mk.positive(4)), {"normalized_shape": (4,), "eps": 1e-3}, "rms_norm[eps1e-3]")
+    yield Sample((mk.randn(2, 4),), {"normalized_shape": (4,), "eps": None}, "rms_norm[eps=None]")
+    yield Sample((mk.noncontiguous(mk.randn(3, 4)), mk.randn(4)), {"normalized_shape": (4,)}, "rms_norm[noncontig]")
+    yield Sample((mk.randn(2, 4, scale=0.01), mk.positive(4)), {"normalized_shape": (4,)}, "rms_norm[small]")
+
+
+def _rms_eps(eps, dtype):
+    """torch's default: the input dtype's machine epsilon."""
+    return torch.finfo(dtype).eps if eps is None else eps
+
+
+def rms_norm_symbolic(input, weight=None, *, normalized_shape, eps=None):
+    x = np.asarray(input, dtype=object)
+    k = len(_norm_shape(normalized_shape))
+    axes = tuple(range(x.ndim - k, x.ndim))
+    m = int(np.prod([x.shape[a] for a in axes]))
+    # eps None: float64's machine epsilon (the symbolic forward is exact, as float64 is)
+    e = _symbolic.to_rational(_rms_eps(eps, torch.float64))
+    ms = (x * x).sum(axis=axes, keepdims=True) / m
+    y = x / np.vectorize(lambda v: sympy.sqrt(v + e), otypes=[object])(ms)
+    if weight is not None:
+        y = y * np.asarray(weight, dtype=object)
+    return np.asarray(y, dtype=object)
+
+
+@register("rms_norm", torch_fn=rms_norm, tensor_args=("input", "weight"), samples=_rms_norm_samples,
+          symbolic=rms_norm_symbolic)
+def rms_norm_backward(grad_output, input, weight=None, *, needs_input_grad, normalized_shape, eps=None):
+    """y = x r w over the trailing normalized_shape dims R, r = 1 / sqrt(mean_R(x^2) + eps)
+    (eps None: the dtype's machine epsilon): dL/dx = r h - x r^3 mean_R(h x), h = g w;
+    dL/dw = sum over the leading dims of g x r."""
+    ns = _norm_shape(normalized_shape)
+    k = len(ns)
+    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k:]) != ns:
+        raise InvalidParameterError(f"rms_norm: normalized_shape {ns} must be non-empty and match the "
+                                    f"trailing dims of input of shape {tuple(input.shape)}")
+    if weight is not None and tuple(weight.shape) != ns:
+        raise InvalidParameterError(f"rms_norm: weight must have shape normalized_shape={ns}, got {tuple(weight.shape)}")
+    if not (needs_input_grad[0] or needs_input_grad[1]):
+        return None, None
+    d = 1
+    for s in ns:
+        d *= s
+    x2 = input.reshape(-1, d)
+    g2 = grad_output.reshape(-1, d)
+    r = torch.rsqrt(x2.square().sum(1, keepdim=True) / d + _rms_eps(eps, input.dtype))
+    gx = gw = None
+    if needs_input_grad[0]:
+        h2 = g2 if weight is None else g2 * weight.reshape(d)
+        gx = (r * h2 - x2 * (r * r * r) * ((h2 * x2).sum(1, keepdim=True) / d)).reshape(input.shape)
+    if needs_input_grad[1]:
+        gw = (g2 * x2 * r).sum(0).reshape(weight.shape)
+    return gx, gw

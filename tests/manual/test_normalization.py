@@ -287,3 +287,61 @@ def test_batch_norm_zero_rows_and_constant_channel():
     for args in ((x, rm, rv, w, b), (x.contiguous(memory_format=torch.channels_last), rm, rv, w, b)):
         check_backward(rule, args, {"training": True})
         check_double_backward(rule, args, {"training": True})
+
+
+# -- group_norm, instance_norm, rms_norm ---------------------------------------------------------
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: manual.get("group_norm").backward(torch.ones(2, 6, 2), torch.ones(2, 6, 2), num_groups=4), "num_groups"),
+    (lambda: manual.get("group_norm").backward(torch.ones(2, 6), torch.ones(2, 6), torch.ones(3), num_groups=3),
+     "weight must have 6"),
+    (lambda: manual.get("instance_norm").backward(torch.ones(2, 3, 2), torch.ones(2, 3, 2), use_input_stats=False),
+     "running_mean and running_var"),
+    (lambda: manual.get("instance_norm").backward(torch.ones(2, 3), torch.ones(2, 3)), "spatial"),
+    (lambda: manual.get("rms_norm").backward(torch.ones(2, 3), torch.ones(2, 3), normalized_shape=(2,)),
+     "normalized_shape"),
+])
+def test_new_norms_name_bad_parameters(call, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_rms_norm_default_eps_is_the_dtype_epsilon(dtype):
+    # eps=None: torch uses finfo(dtype).eps; a tiny input makes eps dominate mean(x^2)
+    x = torch.full((2, 4), 1e-5, dtype=dtype)
+    x[0, 0] = -2e-5
+    check_backward(manual.get("rms_norm"), (x, torch.ones(4, dtype=dtype)), {"normalized_shape": (4,)})
+
+
+def test_instance_norm_input_stats_ignore_running_values_and_leave_them_untouched():
+    rule = manual.get("instance_norm")
+    x, rm, rv, w, b = _bn_args((2, 3, 4))
+    rm0, rv0 = rm.clone(), rv.clone()
+    g = torch.randn_like(x)
+    with_stats = rule.backward(g, x, rm, rv, w, b, momentum=0.9)
+    without = rule.backward(g, x, None, None, w, b)
+    assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
+    for a, n in zip(with_stats, without):
+        assert (a is None and n is None) or torch.equal(a, n)
+
+
+@pytest.mark.parametrize("name,kw", [("group_norm", {"num_groups": 2}), ("instance_norm", {})])
+def test_group_and_instance_norm_float32_at_a_mean_offset(name, kw):
+    # the centred two-pass statistics: float32 error within 4x of torch's at a 7.5-sigma offset
+    gen = _gen(12)
+    x = torch.randn(4, 4, 2000, generator=gen) + 7.5
+    w, b, g = torch.rand(4, generator=gen) + 0.5, torch.randn(4, generator=gen), torch.randn(x.shape, generator=gen)
+    rule = manual.get(name)
+    args = (x, w, b) if name == "group_norm" else (x, None, None, w, b)
+    mine = [t for t in rule.backward(g, *args, **kw) if t is not None]
+
+    def auto(dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, w, b)]
+        call = (leaves[0], *leaves[1:]) if name == "group_norm" else (leaves[0], None, None, *leaves[1:])
+        return torch.autograd.grad(rule.torch_fn(*call, **kw), leaves, g.to(dtype))
+
+    truth, theirs = auto(f64), auto(torch.float32)
+    for arg, m, o, t in zip("xwb", mine, theirs, truth):
+        em, eo = _rel_err(m, t), _rel_err(o, t)
+        assert em <= 4 * max(eo, 1e-7), f"{name} d/d{arg}: {em:.2e} vs torch {eo:.2e}"

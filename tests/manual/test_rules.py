@@ -104,6 +104,8 @@ _KNOWN = {
     # row/channel into NaN through its own order of operations; the rule gives 0 or +-inf there
     ("layer_norm", "input", "huge"), ("layer_norm", "weight", "inf"), ("layer_norm", "weight", "huge"),
     ("batch_norm", "weight", "inf"), ("batch_norm", "weight", "huge"),
+    *((op, arg, kind) for op in ("group_norm", "instance_norm", "rms_norm")
+      for arg, kind in (("input", "huge"), ("weight", "inf"), ("weight", "huge"))),
 }
 
 
