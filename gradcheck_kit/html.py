@@ -27,7 +27,8 @@ h1{font-size:20px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #dd
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #d0d0d0;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f2f2f2} tr.rowfail td{background:#fde8e8} tr.rowok td{background:#eef8ee}
-td{max-width:24em;overflow-wrap:anywhere} .wrap{overflow-x:auto}
+td{max-width:28em;overflow-wrap:break-word} .wrap{overflow-x:auto}
+details{font-size:12px;margin:2px 0} summary{cursor:pointer;color:#444}
 .ok{color:#17731f;font-weight:bold} .fail{color:#b00020;font-weight:bold}
 .hint{background:#fff7d6;border-left:4px solid #e0b000;padding:4px 8px;margin:4px 0;font-size:13px}
 .note{color:#555;font-size:12px} .error{background:#fde8e8;border-left:4px solid #b00020;padding:4px 8px}
@@ -83,12 +84,19 @@ def _dicts(items: Iterable[Any]) -> list[dict]:
     return out
 
 
-def _table(rows: list[dict], *, status_key: str | None = "ok") -> str:
+# the result table's columns, where present; every other field is in the "all fields" block below it
+_MAIN = ("label", "name", "device", "dtype", "shape", "reference", "ok", "max_abs_err", "max_rel_err",
+         "worst_index", "manual_value", "reference_value", "mismatched", "numel", "atol", "rtol")
+
+
+def _table(rows: list[dict], *, status_key: str | None = "ok", columns=None) -> str:
     if not rows:
         return ""
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
+    if columns is not None:
+        cols = [c for c in columns if c in cols]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = []
     for r in rows:
@@ -98,12 +106,26 @@ def _table(rows: list[dict], *, status_key: str | None = "ok") -> str:
         tds = []
         for c in cols:
             v = r.get(c)
-            if c == status_key and isinstance(v, bool):
+            if c in ("shape", "loss_shape") and isinstance(v, (list, tuple)):
+                tds.append(f"<td>{_e('x'.join(map(str, v)) or 'scalar')}</td>")
+            elif c == status_key and isinstance(v, bool):
                 tds.append(f'<td><span class="{"ok" if v else "fail"}">{"ok" if v else "MISMATCH"}</span></td>')
             else:
                 tds.append(f"<td>{_e(_cell(v))}</td>")
         body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     return f"<div class=wrap><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+
+
+def _all_fields(results: list, dicts: list[dict]) -> str:
+    """Every field of every result (nulls left out), one vertical table per result, folded away."""
+    blocks = []
+    for r, d in zip(results, dicts):
+        label = getattr(r, "label", None) or d.get("name", "?")
+        rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_cell(v))}</td></tr>" for k, v in d.items()
+                       if v is not None and v != [] and v != {})
+        blocks.append(f"<details><summary>{_e(label)} · {_e(d.get('reference', ''))}: all fields</summary>"
+                      f"<table>{rows}</table></details>")
+    return "".join(blocks)
 
 
 def _picture(p: Any) -> str:
@@ -130,7 +152,9 @@ def _section(s: Section) -> str:
     if rep is not None:
         d = rep.to_dict() if hasattr(rep, "to_dict") else {}
         results = list(getattr(rep, "results", None) or [])
-        parts.append(_table(_dicts(results)))
+        dicts = _dicts(results)
+        parts.append(_table(dicts, columns=_MAIN))
+        parts.append(_all_fields(results, dicts))
         for r in results:
             if not getattr(r, "ok", True) and getattr(r, "hint", None):
                 label = getattr(r, "label", None) or getattr(r, "name", "?")

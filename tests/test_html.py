@@ -31,6 +31,16 @@ def test_page_is_self_contained_and_names_the_failing_input(tmp_path):
     assert "<link" not in text and "<script" not in text
     for col in ("max_abs_err", "manual_value", "reference_value", "mismatched", "atol", "rtol"):
         assert f"<th>{col}</th>" in text
+    import torch
+
+    from gradcheck_kit import check
+    from gradcheck_kit.casefile import load_case
+
+    case = load_case(DATA / "padding_bug.py")
+    report = check(case.loss, case.make_inputs("cpu", torch.float64), case.manual, wrt=case.wrt)
+    for key, value in report.results[0].to_dict().items():  # every field, whatever Result grows
+        if value is not None and value != [] and value != {}:
+            assert f"<th>{key}</th>" in text, key
     pytest.importorskip("matplotlib", reason="embedded pictures need the [plot] extra")
     (img,) = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n"
