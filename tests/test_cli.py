@@ -520,3 +520,43 @@ def test_no_progress_bars_off_a_terminal_or_with_json():
 
     assert cli._progress_enabled(True) is False
     assert cli._progress_enabled(False) is sys.stderr.isatty()
+
+
+def test_sweep_collects_warnings_once(capsys, monkeypatch):
+    import warnings
+
+    from gradcheck_kit.manual import registry
+
+    rule = registry.get(_a_rule())
+    orig = rule.backward_impl
+
+    def noisy(*a, **kw):
+        warnings.warn("backward says: mind the kink", UserWarning)
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(rule, "backward_impl", noisy)
+    assert len(rule.samples()) > 1  # so the warning is raised several times
+    assert main(["sweep", rule.name]) == 0
+    captured = capsys.readouterr()
+    assert "mind the kink" not in captured.err
+    assert captured.out.count("mind the kink") == 1
+    assert main(["sweep", rule.name, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sum("mind the kink" in w for w in doc["warnings"]) == 1
+
+
+def test_character_heatmap_of_a_large_matrix_pools_into_blocks():
+    from gradcheck_kit import _format
+
+    ref = torch.zeros(40, 130, dtype=torch.float64)
+    man = ref.clone()
+    man[:, 0] = 1.0    # the first column is wrong
+    man[39, 129] = 1.0  # and the last element
+    text = _format.char_heatmap({"name": "A", "atol": 1e-9, "rtol": 0.0}, man, ref)
+    head, *rows = text.splitlines()
+    assert "A" in head and "blocks" in head
+    grid = [r.strip()[1:-1] for r in rows]
+    assert len(grid) <= 16 and max(len(r) for r in grid) <= 64
+    assert all(r[0] != " " for r in grid)                 # the column shows in every row of blocks
+    assert grid[-1][-1] != " " and grid[0][-1] == " "     # the corner element, and nothing else there
+    assert all(set(r[1:-1]) == {" "} for r in grid)       # the interior is clean
