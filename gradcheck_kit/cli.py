@@ -423,6 +423,7 @@ def _check(args) -> int:
     entries: list[dict] = []
     errors: list[dict] = []
     all_warnings: list[str] = []
+    scratch = _TmpDir()  # pictures for --html without --plot: embedded in the page, then removed
     with _user_stdout_to_stderr(args.json):
         for path in args.files:
             caught: list[str] = []
@@ -455,7 +456,7 @@ def _check(args) -> int:
                     pairs = _failing_tensors(case, inputs, report, args)
                 if failing and want_pictures and pairs:
                     from gradcheck_kit import plot as _plot
-                    out_dir = Path(args.plot) if args.plot else _tmp_dir()
+                    out_dir = Path(args.plot) if args.plot else scratch.path()
                     prefix = f"{Path(str(path)).stem}-{device.replace(':', '')}-"
                     entry["_pictures"] = _plot.plot_report(report, out_dir, pairs, prefix=prefix, strict=False)
                     if args.plot:
@@ -496,8 +497,9 @@ def _check(args) -> int:
         if e.get("traceback"):
             print(e["traceback"], file=sys.stderr, end="")
         print(f"error: {e['error']}", file=sys.stderr)
-    if args.html and entries or args.html and errors:
+    if args.html and (entries or errors):
         _write_check_html(args, entries, errors, summary)
+    scratch.cleanup()
     if args.json:
         if entries or len(args.files) > 1:
             _dump_json({"ok": ok, "cases": [{k: v for k, v in e.items() if not k.startswith("_")}
@@ -558,10 +560,25 @@ def _failing_tensors(case, inputs, report, args) -> dict:
         return kept
 
 
-def _tmp_dir() -> Path:
-    import tempfile
+class _TmpDir:
+    """A temporary folder made on first use and removed by ``cleanup()``."""
 
-    return Path(tempfile.mkdtemp(prefix="gradcheck-kit-"))
+    def __init__(self):
+        self._path: Path | None = None
+
+    def path(self) -> Path:
+        if self._path is None:
+            import tempfile
+
+            self._path = Path(tempfile.mkdtemp(prefix="gradcheck-kit-"))
+        return self._path
+
+    def cleanup(self) -> None:
+        if self._path is not None:
+            import shutil
+
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
 
 
 def _write_check_html(args, entries, errors, summary) -> None:
