@@ -188,8 +188,19 @@ def _map(obj, fn, leaf=torch.Tensor):
 
 def _tensors(obj) -> list[torch.Tensor]:
     out: list = []
-    _map(obj, out.append)
+    _collect(obj, out)
     return out
+
+
+def _collect(obj, out: list) -> None:
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        for o in obj:
+            _collect(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _collect(o, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,21 +396,46 @@ class RuleCall:
 _INTERNAL_PARAMS = ("grad_output", "needs_input_grad", "needs_keyword_grad", "saved")
 
 
-_SIGNATURES: dict = {}
+_BINDERS: dict = {}
+
+
+@dataclass(frozen=True)
+class _Binder:
+    """How to bind calls of one callable to one rule (precomputed once per pair)."""
+
+    signature: inspect.Signature
+    positional: tuple           # names that positional arguments fill, in order
+    keyword: frozenset          # names a keyword argument may use
+    accepted: frozenset         # names the rule's backward takes
+    var_kw: bool
+    defaults: dict              # defaults of the rule's tensor arguments
 
 
 def _binding_signature(fn, rule) -> tuple[inspect.Signature, frozenset, bool]:
+    b = _binder(fn, rule)
+    return b.signature, b.accepted, b.var_kw
+
+
+def _binder(fn, rule) -> _Binder:
     key = (fn, rule.name)
     try:
-        return _SIGNATURES[key]
+        return _BINDERS[key]
     except (KeyError, TypeError):
         pass
-    out = _build_signature(fn, rule)
+    sig, accepted, var_kw = _build_signature(fn, rule)
+    P = inspect.Parameter
+    params = list(sig.parameters.values())
+    impl = inspect.signature(rule.backward_impl).parameters
+    defaults = {n: (None if impl[n].default is P.empty else impl[n].default) if n in impl else None
+                for n in rule.tensor_args}
+    b = _Binder(sig, tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
+                frozenset(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)),
+                accepted, var_kw, defaults)
     try:
-        _SIGNATURES[key] = out
+        _BINDERS[key] = b
     except TypeError:
         pass
-    return out
+    return b
 
 
 def _build_signature(fn, rule) -> tuple[inspect.Signature, frozenset, bool]:
@@ -428,26 +464,17 @@ def _build_signature(fn, rule) -> tuple[inspect.Signature, frozenset, bool]:
         sig = s.replace(parameters=ps)
         break
     if sig is None:
-        ps = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for name, p in impl.parameters.items()
+        ps = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD, default=inspect.Parameter.empty)
+              for name, p in impl.parameters.items()
               if name not in _INTERNAL_PARAMS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        # keyword-only params without defaults would become non-default after defaults: give them a marker
-        fixed, seen_default = [], False
-        for p in ps:
-            if p.default is inspect.Parameter.empty and seen_default:
-                p = p.replace(default=_REQUIRED)
-            seen_default = seen_default or p.default is not inspect.Parameter.empty
-            fixed.append(p)
-        sig = inspect.Signature(fixed)
+        sig = inspect.Signature(ps)
     return sig, accepted, var_kw
-
-
-_REQUIRED = object()
 
 
 def bind(rule, fn, args, kwargs, in_place: bool = False) -> RuleCall:
     """Normalise ``fn(*args, **kwargs)`` to ``rule``'s form; ``BindError`` says why when it cannot."""
-    sig, accepted, var_kw = _binding_signature(fn, rule)
-    n_pos = sum(1 for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    b = _binder(fn, rule)
+    n_pos = len(b.positional)
     if len(args) > n_pos:
         # x.view(2, -1), x.permute(0, 2, 1): trailing numbers packed into the one remaining argument
         first_extra = len(rule.tensor_args)
@@ -455,19 +482,21 @@ def bind(rule, fn, args, kwargs, in_place: bool = False) -> RuleCall:
                 n_pos == first_extra + 1:
             args = tuple(args[:first_extra]) + (tuple(args[first_extra:]),)
         else:
-            raise BindError(f"{len(args)} positional arguments for {rule.name}{sig}")
-    try:
-        bound = sig.bind_partial(*args, **kwargs)
-    except TypeError as e:
-        raise BindError(str(e)) from None
-    given = dict(bound.arguments)
-    for name, value in given.items():
-        if name not in accepted and not var_kw:
-            raise BindError(f"rule {rule.name!r} does not take argument {name!r}")
+            raise BindError(f"{len(args)} positional arguments for {rule.name}{b.signature}")
+    given = dict(zip(b.positional, args))
+    for k, v in kwargs.items():
+        if k in given:
+            raise BindError(f"multiple values for argument {k!r}")
+        if k not in b.keyword and not (b.var_kw and k not in b.positional):
+            raise BindError(f"rule {rule.name!r} does not take argument {k!r}")
+        given[k] = v
+    if not b.var_kw:
+        for name in given:
+            if name not in b.accepted:
+                raise BindError(f"rule {rule.name!r} does not take argument {name!r}")
     if given.get("out") is not None:
         raise BindError("out= is not supported")
     given.pop("out", None)
-    impl_params = inspect.signature(rule.backward_impl).parameters
     names = rule.tensor_args
     last = max((i for i, n in enumerate(names) if n in given), default=-1)
     tensors, slot_names = [], []
@@ -480,21 +509,13 @@ def bind(rule, fn, args, kwargs, in_place: bool = False) -> RuleCall:
         return value
 
     pos = []
-    for i, name in enumerate(names[: last + 1]):
-        if name in given:
-            v = given.pop(name)
-        else:
-            d = impl_params[name].default if name in impl_params else None
-            v = None if d is inspect.Parameter.empty else d
-        if rule.is_sequence_arg(name, v) if hasattr(rule, "is_sequence_arg") else False:
+    for name in names[: last + 1]:
+        v = given.pop(name) if name in given else b.defaults[name]
+        if rule.is_sequence_arg(name, v):
             pos.append(tuple(slot(e, f"{name}[{j}]") for j, e in enumerate(v)))
         else:
             pos.append(slot(v, name))
-    params = {}
-    for k, v in given.items():
-        if v is _REQUIRED:
-            raise BindError(f"missing argument {k!r}")
-        params[k] = slot(v, k) if k in rule.keyword_tensors else v
+    params = {k: (slot(v, k) if k in rule.keyword_tensors else v) for k, v in given.items()}
     inplace = bool(params.pop("inplace", False)) or in_place   # run out of place; functional writes back
     return RuleCall(rule, tuple(pos), params, tuple(tensors), tuple(slot_names), inplace)
 
@@ -567,7 +588,6 @@ class _Engine(TorchFunctionMode):
         if st.suspended or not st.listeners or _in_backward():
             return func(*args, **kwargs)
         call = Intercepted(func, args, kwargs)
-        call._site = call_site(2)
         listeners = list(st.listeners)
         for lst in listeners:
             lst.before(call)

@@ -28,7 +28,6 @@ backward runs, process-wide, like the original.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,7 +91,7 @@ class _RuleFunction(Function):
         args, params = call.build(tensors)
         # The generators' state, so that a backward recomputing without ``saved`` (create_graph)
         # draws what this forward drew (dropout's mask), as torch.utils.checkpoint does.
-        ctx.rng = _rng_state(tensors)
+        ctx.rng = _rng_state(tensors) if rule.save_impl is not None else None
         with suspended():
             out, saved = rule.forward_saved(*args, **params)
         outs = out if isinstance(out, tuple) else (out,)
@@ -122,7 +121,7 @@ class _RuleFunction(Function):
         ctx.saved_keys = keys
         ctx.n_inputs = len(tensors)
         ctx.save_for_backward(*to_save, *[saved[k] for k in keys])
-        ctx.call = dataclasses.replace(call, tensors=(), saved=None)
+        ctx.call = RuleCall(rule, call.args, call.params, (), call.slot_names, call.inplace)
         ctx.single = not isinstance(out, tuple)
         ctx.inplace = call.inplace
         ctx.set_materialize_grads(False)

@@ -7,7 +7,7 @@ from gradcheck_kit import manual
 from gradcheck_kit.errors import UnsupportedError
 from gradcheck_kit.manual import functional as MF
 from gradcheck_kit.trace import _binding_signature
-from tests.manual._rulecheck import _close
+from tests.manual._rulecheck import TORCH_FLOAT64_RTOL, _close
 
 
 def _cases():
@@ -81,13 +81,14 @@ def test_functional_matches_autograd(rule, sample):
     for m, r in zip(_outs(mine_out), _outs(ref_out)):
         if isinstance(r, torch.Tensor):
             _close(m, r, r.dtype, f"functional.{rule.name} forward")
+    rtol = TORCH_FLOAT64_RTOL.get(rule.name)   # where torch's own float64 backward is less precise
     for i, (m, r) in enumerate(zip(mine, ref)):
-        _close(m, r, torch.float64, f"functional.{rule.name} first derivative, leaf {i}")
+        _close(m, r, torch.float64, f"functional.{rule.name} first derivative, leaf {i}", rtol=rtol)
     if rule.differentiable_backward:
         _, mine2 = _grads(rule, sample, True, 2)
         _, ref2 = _grads(rule, sample, False, 2)
         for i, (m, r) in enumerate(zip(mine2, ref2)):
-            _close(m, r, torch.float64, f"functional.{rule.name} second derivative, leaf {i}")
+            _close(m, r, torch.float64, f"functional.{rule.name} second derivative, leaf {i}", rtol=rtol)
 
 
 def test_every_rule_has_a_function_with_torch_signature():
