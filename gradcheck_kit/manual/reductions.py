@@ -60,7 +60,7 @@ from gradcheck_kit.manual._sampling import Maker
 from gradcheck_kit.manual._shapes import unbroadcast
 from gradcheck_kit.manual.registry import Sample, register
 
-__all__ = ["check_call", "validated"]
+__all__ = ["expects"]
 
 NAN, INF = float("nan"), float("inf")
 
@@ -119,54 +119,83 @@ def _first_extreme_index(x: torch.Tensor, dim: int, largest: bool) -> torch.Tens
     return torch.where(hit, pos, n).amin(dim, keepdim=True)
 
 
-def _meta(x):
-    if isinstance(x, torch.Tensor):
-        return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
-    if isinstance(x, (list, tuple)):
-        return type(x)(_meta(e) for e in x)
-    return x
+def _reduced(x: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> tuple[int, ...]:
+    """Output shape of reducing ``x`` over ``dims``."""
+    return tuple(1 if i in dims else n for i, n in enumerate(x.shape)) if keepdim else \
+        tuple(n for i, n in enumerate(x.shape) if i not in dims)
 
 
-def check_call(op: str, torch_fn, grad_output, args, params) -> None:
-    """Run ``torch_fn(*args, **params)`` on meta tensors (shapes only, no data, no RNG): torch's
-    complaint about the call becomes one ``InvalidParameterError`` naming the op, and each
-    ``grad_output`` entry must have its output's shape (``InvalidInputError``)."""
-    import warnings
-
+def _broadcast(*xs, **kw) -> tuple[int, ...]:
+    """Broadcast shape of the tensors among the arguments (clamp's bounds may be keywords)."""
+    shapes = [tuple(x.shape) for x in (*xs, *kw.values()) if isinstance(x, torch.Tensor)]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = torch_fn(*_meta(tuple(args)), **{k: _meta(v) for k, v in params.items()})
-    except NotImplementedError:
-        return                                            # no meta kernel: nothing to compare
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidParameterError(f"{op}: torch rejects this call: {first}") from None
-    outs = tuple(out) if isinstance(out, tuple) else (out,)
-    gs = tuple(grad_output) if isinstance(grad_output, (tuple, list)) else (grad_output,)
-    if len(gs) != len(outs):
-        raise InvalidInputError(f"{op}: grad_output has {len(gs)} entries for {len(outs)} outputs")
-    for i, (o, g) in enumerate(zip(outs, gs)):
-        if g is None:
-            continue
-        if not isinstance(g, torch.Tensor):
-            raise InvalidInputError(f"{op}: grad_output must be a tensor, got {type(g).__name__}")
-        if tuple(g.shape) != tuple(o.shape):
-            which = f" entry {i}" if len(outs) > 1 else ""
-            raise InvalidInputError(f"{op}: grad_output{which} has shape {tuple(g.shape)} but the output "
-                                    f"has shape {tuple(o.shape)}")
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        raise InvalidInputError(f"shapes {shapes} do not broadcast") from None
 
 
-def validated(op: str, torch_fn):
-    """Decorator: ``check_call`` with the backward's own call before the backward runs."""
+def expects(op: str, shape_fn):
+    """Decorator: ``grad_output`` must have the output's shape (``shape_fn(*args, **params)``;
+    a tuple of shapes for a multi-output op, ``None`` for an integer output), else one
+    ``InvalidInputError``: a wrong shape would otherwise broadcast into a silently wrong answer.
+    Shapes are computed in Python; ``_dims`` turns a bad ``dim`` into ``InvalidParameterError``."""
     def deco(backward):
         @functools.wraps(backward)
         def checked(grad_output, *args, needs_input_grad, **params):
             call = {k: v for k, v in params.items() if k not in ("saved", "needs_keyword_grad")}
-            check_call(op, torch_fn, grad_output, args, call)
+            want = shape_fn(*args, **call)
+            multi = isinstance(want, list)
+            wants = want if multi else [want]
+            gs = list(grad_output) if isinstance(grad_output, (tuple, list)) else [grad_output]
+            if multi != isinstance(grad_output, (tuple, list)) or len(gs) != len(wants):
+                raise InvalidInputError(f"{op}: grad_output must be {len(wants)} entries (one per output) "
+                                        f"for this call, got {type(grad_output).__name__}")
+            for i, (g, w) in enumerate(zip(gs, wants)):
+                if g is None or w is None:
+                    continue
+                if not isinstance(g, torch.Tensor):
+                    raise InvalidInputError(f"{op}: grad_output must be a tensor, got {type(g).__name__}")
+                if tuple(g.shape) != tuple(w):
+                    which = f" entry {i}" if multi else ""
+                    raise InvalidInputError(f"{op}: grad_output{which} has shape {tuple(g.shape)} but the output "
+                                            f"has shape {tuple(w)}")
             return backward(grad_output, *args, needs_input_grad=needs_input_grad, **params)
         return checked
     return deco
+
+
+def _select_shape(op):
+    def shape(input, other=None, dim=None, keepdim=False):
+        if isinstance(other, torch.Tensor):
+            return _broadcast(input, other)
+        dim = other if other is not None else dim
+        if dim is None:
+            return ()
+        return [_reduced(input, _dims(op, dim, input.dim()), keepdim), None]
+    return shape
+
+
+def _median_shape(input, dim=None, keepdim=False):
+    return () if dim is None else [_reduced(input, _dims("median", dim, input.dim()), keepdim), None]
+
+
+def _kthvalue_shape(input, k, dim=-1, keepdim=False):
+    return [_reduced(input, _dims("kthvalue", dim, input.dim()), keepdim), None]
+
+
+def _dims_shape(op, default=()):
+    def shape(input, dim=default, keepdim=False, **_):
+        return _reduced(input, _dims(op, dim, input.dim()), keepdim)
+    return shape
+
+
+def _same_shape(input, *_, **__):
+    return tuple(input.shape)
+
+
+def _moments_shape(op):
+    inner = _dims_shape(op, None)
+    return lambda *a, **k: [inner(*a, **k)] * 2
 
 
 # -- max, min (full and along a dim) ---------------------------------------------------------
@@ -233,10 +262,10 @@ def _selection_backward(op, reduce_fn, largest):
 
 register("max", torch_fn=torch.max, tensor_args=("input", "other"), samples=_select_samples("max"),
          save=_selection_save(torch.max), aliases=(torch.Tensor.max,))(
-    validated("max", torch.max)(_selection_backward("max", torch.max, True)))
+    expects("max", _select_shape("max"))(_selection_backward("max", torch.max, True)))
 register("min", torch_fn=torch.min, tensor_args=("input", "other"), samples=_select_samples("min"),
          save=_selection_save(torch.min), aliases=(torch.Tensor.min,))(
-    validated("min", torch.min)(_selection_backward("min", torch.min, False)))
+    expects("min", _select_shape("min"))(_selection_backward("min", torch.min, False)))
 
 
 def median_samples(device, dtype):
@@ -261,7 +290,7 @@ def _median_save(input, dim=None, keepdim=False):
 
 @register("median", torch_fn=torch.median, tensor_args=("input",), samples=median_samples, save=_median_save,
           aliases=(torch.Tensor.median,))
-@validated("median", torch.median)
+@expects("median", _median_shape)
 def median_backward(grad_output, input, *, needs_input_grad, dim=None, keepdim=False, saved=None):
     """Full: g split evenly among the elements equal to the (lower) median.  Along a dim: g to
     the index torch's kernel returns (which of tied values it picks is the kernel's choice, so
@@ -296,7 +325,7 @@ def _kthvalue_save(input, k, dim=-1, keepdim=False):
 
 @register("kthvalue", torch_fn=torch.kthvalue, tensor_args=("input",), samples=kthvalue_samples,
           save=_kthvalue_save, aliases=(torch.Tensor.kthvalue,))
-@validated("kthvalue", torch.kthvalue)
+@expects("kthvalue", _kthvalue_shape)
 def kthvalue_backward(grad_output, input, *, needs_input_grad, k, dim=-1, keepdim=False, saved=None):
     """(values, indices): g to the index torch's kernel returns (its choice among tied values)."""
     if not needs_input_grad[0]:
@@ -342,10 +371,10 @@ def _amax_backward(op, fn):
 
 register("amax", torch_fn=torch.amax, tensor_args=("input",), samples=_amax_samples("amax"),
          aliases=(torch.Tensor.amax,))(
-    validated("amax", torch.amax)(_amax_backward("amax", torch.amax)))
+    expects("amax", _dims_shape("amax"))(_amax_backward("amax", torch.amax)))
 register("amin", torch_fn=torch.amin, tensor_args=("input",), samples=_amax_samples("amin"),
          aliases=(torch.Tensor.amin,))(
-    validated("amin", torch.amin)(_amax_backward("amin", torch.amin)))
+    expects("amin", _dims_shape("amin"))(_amax_backward("amin", torch.amin)))
 
 
 # -- maximum, minimum ---------------------------------------------------------------------
@@ -391,10 +420,10 @@ def minimum_symbolic(input, other):
 
 register("maximum", torch_fn=torch.maximum, tensor_args=("input", "other"), samples=_binary_samples("maximum"),
          symbolic=maximum_symbolic, aliases=(torch.Tensor.maximum,))(
-    validated("maximum", torch.maximum)(_binary_backward(True)))
+    expects("maximum", _broadcast)(_binary_backward(True)))
 register("minimum", torch_fn=torch.minimum, tensor_args=("input", "other"), samples=_binary_samples("minimum"),
          symbolic=minimum_symbolic, aliases=(torch.Tensor.minimum,))(
-    validated("minimum", torch.minimum)(_binary_backward(False)))
+    expects("minimum", _broadcast)(_binary_backward(False)))
 
 
 # -- logsumexp ----------------------------------------------------------------------------
@@ -414,7 +443,7 @@ def logsumexp_samples(device, dtype):
 
 @register("logsumexp", torch_fn=torch.logsumexp, tensor_args=("input",), samples=logsumexp_samples,
           aliases=(torch.Tensor.logsumexp, torch.special.logsumexp))
-@validated("logsumexp", torch.logsumexp)
+@expects("logsumexp", _dims_shape("logsumexp"))
 def logsumexp_backward(grad_output, input, *, needs_input_grad, dim, keepdim=False):
     """y = log sum_R exp x: dL/dx = r(g) exp(x - r(y))."""
     if not needs_input_grad[0]:
@@ -466,7 +495,7 @@ def cumsum_symbolic(input, dim, dtype=None):
 
 @register("cumsum", torch_fn=torch.cumsum, tensor_args=("input",), samples=_cum_samples("cumsum"),
           symbolic=cumsum_symbolic, aliases=(torch.Tensor.cumsum,))
-@validated("cumsum", torch.cumsum)
+@expects("cumsum", _same_shape)
 def cumsum_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
     """y_j = sum_{i<=j} x_i: dL/dx_i = sum_{j>=i} g_j, a reversed cumsum."""
     if not needs_input_grad[0]:
@@ -479,7 +508,7 @@ def cumsum_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
 
 @register("cumprod", torch_fn=torch.cumprod, tensor_args=("input",), samples=_cum_samples("cumprod"),
           aliases=(torch.Tensor.cumprod,))
-@validated("cumprod", torch.cumprod)
+@expects("cumprod", _same_shape)
 def cumprod_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
     """dL/dx_k = E_k sum_{j>=k} g_j P_kj, E_k = prod_{i<k} x_i, P_kj = prod_{k<i<=j} x_i (no division)."""
     if not needs_input_grad[0]:
@@ -562,7 +591,7 @@ def _varstd_samples(name):
 
 @register("var", torch_fn=torch.var, tensor_args=("input",), samples=_varstd_samples("var"),
           aliases=(torch.Tensor.var,))
-@validated("var", torch.var)
+@expects("var", _dims_shape("var", None))
 def var_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=None, correction=None, keepdim=False):
     """y = sum_R (x - mean)^2 / dof: dL/dx = (2 / dof) r(g) (x - r(mean))."""
     if not needs_input_grad[0]:
@@ -572,7 +601,7 @@ def var_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=Non
 
 @register("std", torch_fn=torch.std, tensor_args=("input",), samples=_varstd_samples("std"),
           aliases=(torch.Tensor.std,))
-@validated("std", torch.std)
+@expects("std", _dims_shape("std", None))
 def std_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=None, correction=None, keepdim=False):
     """y = sqrt(var): dL/dx = var'(g / (2 y)), with g / (2 y) := 0 where y == 0."""
     if not needs_input_grad[0]:
@@ -607,9 +636,9 @@ def _moments_backward(op, is_std):
 
 
 register("var_mean", torch_fn=torch.var_mean, tensor_args=("input",), samples=_varstd_samples("var_mean"))(
-    validated("var_mean", torch.var_mean)(_moments_backward("var_mean", False)))
+    expects("var_mean", _moments_shape("var_mean"))(_moments_backward("var_mean", False)))
 register("std_mean", torch_fn=torch.std_mean, tensor_args=("input",), samples=_varstd_samples("std_mean"))(
-    validated("std_mean", torch.std_mean)(_moments_backward("std_mean", True)))
+    expects("std_mean", _moments_shape("std_mean"))(_moments_backward("std_mean", True)))
 
 
 # -- clamp --------------------------------------------------------------------------------
@@ -657,7 +686,7 @@ def _bound(b):
 
 @register("clamp", torch_fn=torch.clamp, tensor_args=("input", "min", "max"), samples=clamp_samples,
           keyword_tensors=("min", "max"), symbolic=clamp_symbolic, aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip))
-@validated("clamp", torch.clamp)
+@expects("clamp", _broadcast)
 def clamp_backward(grad_output, input, min=None, max=None, *, needs_input_grad, needs_keyword_grad=None):
     """dL/dx = g [lo <= x <= hi]; dL/dlo = g [x < lo, lo < hi]; dL/dhi = g [x > hi or hi < lo]."""
     if min is None and max is None:

@@ -113,11 +113,11 @@ def test_clamp_tensor_bounds_and_keyword_tensors():
 
 def test_bad_calls_raise_one_clear_error():
     x = _t([[1.0, 2.0]])
-    with pytest.raises(InvalidParameterError, match="clamp: torch rejects this call: .*min and max"):
+    with pytest.raises(InvalidParameterError, match="clamp: at least one of min and max"):
         manual.get("clamp").backward(torch.ones(1, 2, dtype=torch.float64), x)
-    with pytest.raises(InvalidParameterError, match="amax: torch rejects this call: Dimension out of range"):
+    with pytest.raises(InvalidParameterError, match="amax: dim 3 is out of range"):
         manual.get("amax").backward(torch.ones(1, dtype=torch.float64), x, dim=3)
-    with pytest.raises(InvalidParameterError, match="var: torch rejects this call"):
+    with pytest.raises(InvalidParameterError, match="var: give either unbiased= or correction="):
         manual.get("var").backward(torch.ones((), dtype=torch.float64), x, unbiased=True, correction=1)
     # a grad_output of the wrong shape would broadcast silently: refused
     with pytest.raises(InvalidInputError, match=r"amax: grad_output has shape \(3,\) but the output has shape \(1,\)"):
