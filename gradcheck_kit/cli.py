@@ -632,10 +632,10 @@ def _torch_name(fn, known: dict) -> str:
 def _list(args) -> int:
     from gradcheck_kit import manual
 
-    rows, known = [], _torch_names()
+    rows = []
     for rule in manual.rules():
         mirrors = list(getattr(rule, "mirrors_all", None) or [getattr(rule, "mirrors_name", None)
-                                                               or _torch_name(rule.torch_fn, known)])
+                                                               or _torch_name(rule.torch_fn, _torch_names())])
         rows.append({
             "name": rule.name,
             "torch_function": mirrors[0],
