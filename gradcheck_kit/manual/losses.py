@@ -761,3 +761,80 @@ def cross_entropy_backward(grad_output, input, target, weight=None, *, needs_inp
         if wv is not None:
             gt = gt * wv
     return gx, gt, None
+
+
+# ---------------------------------------------------------------------------
+# kl_div
+# ---------------------------------------------------------------------------
+#
+# torch's composite: loss = xlogy(t, t) - t x  (log_target=False),  exp(t) (t - x)  (log_target=True),
+# reduced by none / sum / mean (numel of the broadcast loss) / batchmean (sum / input.size(0)).
+#
+#   log_target=False:  dL/dx = -gl t,        dL/dt = gl (log t + 1 - x)   (NaN at t = 0, as torch's
+#                                            xlogy, whose d/dt carries t / t there)
+#   log_target=True:   dL/dx = -gl e^t,      dL/dt = gl e^t (t - x + 1)
+
+_KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
+
+
+def _kl_samples(device, dtype):
+    mk = Maker(device, dtype)
+    for red in _KL_REDUCTIONS:
+        yield Sample((torch.log_softmax(mk.randn(3, 4), 1), mk.probs(3, 4)), {"reduction": red}, f"kl_div[{red}]")
+        yield Sample((torch.log_softmax(mk.randn(3, 4), 1), torch.log_softmax(mk.randn(3, 4), 1)),
+                     {"reduction": red, "log_target": True}, f"kl_div[log_target,{red}]")
+    yield Sample((mk.randn(2, 3, 2), mk.uniform(2, 3, 2, low=0.1, high=1.0)), {}, "kl_div[3d,default]")
+    yield Sample((mk.randn(3, 4), mk.uniform(4, low=0.1, high=1.0)), {"reduction": "sum"}, "kl_div[bcast_target]")
+    yield Sample((mk.randn(4), mk.randn(3, 4)), {"reduction": "batchmean", "log_target": True},
+                 "kl_div[bcast_input,log_target]")
+    yield Sample((mk.randn(()), mk.uniform((), low=0.1, high=1.0)), {"reduction": "batchmean"}, "kl_div[scalar]")
+    yield Sample((mk.noncontiguous(mk.randn(3, 4)), mk.randn(3, 4)), {"log_target": True, "reduction": "batchmean"},
+                 "kl_div[noncontig,log_target]")
+
+
+def kl_div_symbolic(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
+    x, t = np.asarray(input, dtype=object), np.asarray(target, dtype=object)
+    if log_target:
+        loss = _map(sympy.exp, t) * (t - x)
+    else:
+        loss = _map(lambda e: e * sympy.log(e), t) - t * x
+    loss = np.asarray(loss, dtype=object)
+    if reduction == "batchmean":
+        return _sym_reduce(loss, "mean", sympy.Integer(x.shape[0]) if x.ndim else sympy.Integer(1)) \
+            if x.ndim else _sym_reduce(loss, "sum")
+    return _sym_reduce(loss, reduction)
+
+
+@register("kl_div", torch_fn=F.kl_div, tensor_args=("input", "target"), samples=_kl_samples,
+          symbolic=kl_div_symbolic, aliases=(torch.kl_div,))
+def kl_div_backward(grad_output, input, target, *, needs_input_grad, size_average=None, reduce=None,
+                    reduction="mean", log_target=False):
+    """loss = t (log t - x) (or e^t (t - x) with log_target): dL/dx = -gl t (-gl e^t),
+    dL/dt = gl (log t + 1 - x) (gl e^t (t - x + 1)); batchmean divides the sum by input.size(0)."""
+    if size_average is not None or reduce is not None:
+        raise UnsupportedError("kl_div: the deprecated size_average/reduce arguments are not supported, "
+                               "pass reduction= instead")
+    if reduction not in _KL_REDUCTIONS:
+        raise InvalidParameterError(f"kl_div: reduction must be one of {_KL_REDUCTIONS}, got {reduction!r}")
+    shape = torch.broadcast_shapes(input.shape, target.shape)
+    if reduction == "mean":
+        gl = grad_output / max(1, shape.numel())
+    elif reduction == "batchmean" and input.dim() != 0:
+        gl = grad_output / input.shape[0]
+    else:
+        gl = grad_output
+    gx = gt = None
+    if log_target:
+        et = torch.exp(target)
+        if needs_input_grad[0]:
+            gx = unbroadcast((-gl * et).expand(shape), input.shape)
+        if needs_input_grad[1]:
+            gt = unbroadcast((gl * et * (target - input + 1.0)).expand(shape), target.shape)
+        return gx, gt
+    if needs_input_grad[0]:
+        gx = unbroadcast((-gl * target).expand(shape), input.shape)
+    if needs_input_grad[1]:
+        # d xlogy(t, t)/dt = xlogy(t != 0, t) + t / t: log t + 1 for t > 0, NaN at t = 0 (torch's)
+        dt = torch.xlogy((target != 0).to(target.dtype), target) + target / target - input
+        gt = unbroadcast((gl * dt).expand(shape), target.shape)
+    return gx, gt

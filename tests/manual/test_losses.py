@@ -1,5 +1,6 @@
 """Losses, softmax, log_softmax: cases beyond the generic registry test."""
 
+import math
 import warnings
 
 import numpy as np
@@ -318,3 +319,25 @@ def test_mse_float32_near_the_largest_float_does_not_overflow():
     check_backward(manual.get("mse_loss"), (x, torch.zeros(4)), {})
     (gx, _) = manual.get("mse_loss").backward(torch.tensor(1.0), x, torch.zeros(4))
     assert bool(gx.isfinite().all())
+
+
+# -- kl_div ---------------------------------------------------------------------------------------
+
+def test_kl_div_target_gradient_is_nan_at_a_zero_target_as_torch():
+    x = torch.randn(2, 3, dtype=f64, generator=_gen(7))
+    t = torch.tensor([[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]], dtype=f64)
+    grads = check_backward(manual.get("kl_div"), (x, t), {"reduction": "sum"})
+    assert math.isnan(float(grads[1][0, 0])) and bool(grads[1][1].isfinite().all())
+
+
+@pytest.mark.parametrize("reduction,denom", [("batchmean", 2), ("mean", 6), ("sum", 1)])
+def test_kl_div_reductions_divide_as_torch(reduction, denom):
+    x = torch.randn(2, 3, dtype=f64, generator=_gen(8))
+    t = torch.rand(2, 3, dtype=f64, generator=_gen(9)) + 0.1
+    (gx, _) = manual.get("kl_div").backward(torch.tensor(1.0, dtype=f64), x, t, reduction=reduction)
+    torch.testing.assert_close(gx, -t / denom)
+
+
+def test_kl_div_rejects_an_unknown_reduction():
+    with pytest.raises(InvalidParameterError, match="batchmean"):
+        manual.get("kl_div").backward(torch.tensor(1.0), torch.zeros(2), torch.ones(2), reduction="avg")
