@@ -560,3 +560,9 @@ def test_character_heatmap_of_a_large_matrix_pools_into_blocks():
     assert all(r[0] != " " for r in grid)                 # the column shows in every row of blocks
     assert grid[-1][-1] != " " and grid[0][-1] == " "     # the corner element, and nothing else there
     assert all(set(r[1:-1]) == {" "} for r in grid)       # the interior is clean
+
+
+def test_plot_without_matplotlib_is_one_clear_error(good, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["check", good, "--plot", str(tmp_path)]) == 2
+    assert "pip install 'gradcheck-kit[plot]'" in one_error_line(capsys.readouterr().err)
