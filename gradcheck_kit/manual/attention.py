@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 
 from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, UnsupportedError
-from gradcheck_kit.manual._sampling import Maker
-from gradcheck_kit.manual._shapes import unbroadcast
+from gradcheck_kit.manual._sampling import Maker, describe
+from gradcheck_kit.manual._shapes import check_grad_shape, unbroadcast
 from gradcheck_kit.manual.registry import Sample, register
 
 __all__ = ["scaled_dot_product_attention", "einsum"]
@@ -83,6 +83,27 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     _sdpa_check(dropout_p, attn_mask, is_causal)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                           is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+def _sdpa_shapes(query, key, value, groups, grad_output):
+    """Refuse shapes torch refuses, and a grad_output that is not the output's shape."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor) or t.dim() < 2:
+            raise InvalidInputError(f"scaled_dot_product_attention: {name} must be a tensor of at least 2 "
+                                    f"dimensions (..., length, features), got {describe(t)}")
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise InvalidInputError(f"scaled_dot_product_attention: query {tuple(query.shape)}, key {tuple(key.shape)} "
+                                f"and value {tuple(value.shape)} do not fit: query and key need the same last "
+                                f"dimension, key and value the same length")
+    kb, vb = tuple(key.shape[:-2]), tuple(value.shape[:-2])
+    if groups > 1:                                        # key/value heads repeated for the query heads
+        kb, vb = kb[:-1] + (kb[-1] * groups,), vb[:-1] + (vb[-1] * groups,)
+    try:
+        batch = tuple(torch.broadcast_shapes(tuple(query.shape[:-2]), kb, vb))
+    except RuntimeError:
+        raise InvalidInputError(f"scaled_dot_product_attention: the batch dimensions of query {tuple(query.shape)}, "
+                                f"key {tuple(key.shape)} and value {tuple(value.shape)} do not broadcast") from None
+    check_grad_shape("scaled_dot_product_attention", grad_output, batch + (query.shape[-2], value.shape[-1]))
 
 
 def _gqa_groups(query, key, value, enable_gqa) -> int:
@@ -158,6 +179,7 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, *, needs_input
     want_m = (needs_input_grad[3] or (needs_keyword_grad or {}).get("attn_mask", False)) \
         and attn_mask is not None and attn_mask.is_floating_point()
     groups = _gqa_groups(query, key, value, enable_gqa)
+    _sdpa_shapes(query, key, value, groups, grad_output)
     K = key.repeat_interleave(groups, dim=-3) if groups > 1 else key
     V = value.repeat_interleave(groups, dim=-3) if groups > 1 else value
     c = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
@@ -358,9 +380,13 @@ def einsum_backward(grad_output, operands, *, needs_input_grad, equation):
     if not isinstance(equation, str):
         raise UnsupportedError("einsum: only the equation-string form is supported, not the sublist form")
     ops = list(operands)
+    for i, o in enumerate(ops):
+        if not isinstance(o, torch.Tensor):
+            raise InvalidInputError(f"einsum: operand {i} must be a tensor, got {type(o).__name__}")
+    labels, out, sizes, fresh = _parse(equation, [tuple(o.shape) for o in ops])
+    check_grad_shape("einsum", grad_output, tuple(sizes[lab] for lab in out))
     if not needs_input_grad[0]:
         return ([None] * len(ops),)
-    labels, out, sizes, fresh = _parse(equation, [tuple(o.shape) for o in ops])
     ops_full = [_expand_full(o, lb, sizes, len(lb) - o.dim()) for o, lb in zip(ops, labels)]
     grads = []
     for k, o in enumerate(ops):

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from gradcheck_kit.errors import InvalidInputError, InvalidParameterError
 from gradcheck_kit.manual._sampling import Maker
+from gradcheck_kit.manual._shapes import check_grad_shape
 from gradcheck_kit.manual.registry import Sample, register
 
 __all__ = ["ALPHA"]
@@ -141,6 +142,7 @@ def _variant(name, layout, feature, alpha, doc):
         return save(input, p, training, inplace)[0]
 
     def backward(grad_output, input, *, needs_input_grad, p=0.5, training=train_default, inplace=False, saved=None):
+        check_grad_shape(name, grad_output, tuple(input.shape))
         if not needs_input_grad[0]:
             return (None,)
         if saved is not None and "mask" in saved:

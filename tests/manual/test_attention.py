@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradcheck_kit import manual
-from gradcheck_kit.errors import InvalidParameterError, UnsupportedError
+from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, UnsupportedError
 from gradcheck_kit.manual._sampling import Maker
 from tests.manual._rulecheck import check_backward, check_double_backward
 from tests.manual._seqcheck import check_backward as seq_check_backward
@@ -70,6 +70,26 @@ def test_sdpa_refused_configurations():
         rule.backward(g, q, k, v, dropout_p=0.1)
     with pytest.raises(InvalidParameterError, match="not both"):
         rule.backward(g, q, k, v, torch.zeros(4, 4, dtype=torch.float64), is_causal=True)
+
+
+def test_bad_shapes_raise_one_clear_error():
+    q, k, v = _qkv(Maker(), 2, 1, Ev=3)
+    rule = manual.get(SDPA)
+    with pytest.raises(InvalidInputError, match=r"grad_output has shape \(2, 1, 4, 5\) but the output has shape "
+                                                r"\(2, 1, 4, 3\)"):
+        rule.backward(torch.ones(2, 1, 4, 5, dtype=torch.float64), q, k, v)
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        rule.backward(torch.ones(2, 1, 4, 3, dtype=torch.float64), q, k[..., :3], v)
+    with pytest.raises(InvalidInputError, match="at least 2 dimensions"):
+        rule.backward(torch.ones(3, dtype=torch.float64), q[0, 0, 0], k, v)
+    es = manual.get("einsum")
+    a, b = Maker().randn(3, 4), Maker().randn(4, 2)
+    with pytest.raises(InvalidInputError, match=r"einsum: grad_output has shape \(2, 3\)"):
+        es.backward(torch.ones(2, 3, dtype=torch.float64), [a, b], equation="ij,jk->ik")
+    with pytest.raises(InvalidInputError, match="label 'j' has sizes 4 and 3"):
+        es.backward(torch.ones(3, 2, dtype=torch.float64), [a, b[:3]], equation="ij,jk->ik")
+    with pytest.raises(InvalidParameterError, match="2 operand subscripts but 1 operands"):
+        es.backward(torch.ones(3, 2, dtype=torch.float64), [a], equation="ij,jk->ik")
 
 
 def _drop_rowsum(grad_output, query, key, value, attn_mask=None, **kw):

@@ -107,6 +107,8 @@ def test_bad_input_raises_one_clear_error():
         manual.get("dropout").backward(torch.ones_like(x), x, p=-0.1)
     with pytest.raises(InvalidInputError, match="dropout1d"):
         manual.get("dropout1d").forward(Maker().randn(2, 3, 4, 5), p=0.5)
+    with pytest.raises(InvalidInputError, match=r"dropout: grad_output has shape \(4,\) but the output has shape"):
+        manual.get("dropout").backward(torch.ones(4, dtype=torch.float64), x, p=0.5)   # would broadcast
     with pytest.raises(InvalidInputError, match="at least 2 dimensions"):
         manual.get("feature_alpha_dropout").forward(Maker().randn(5), p=0.5, training=True)
 
