@@ -309,10 +309,35 @@ def _name_of(func) -> str:
     return _tensor_attr_names().get(id(func)) or getattr(func, "__name__", "")
 
 
+@functools.lru_cache(maxsize=1)
+def _with_indices() -> dict:
+    """``F.max_pool2d(x, k, return_indices=True)`` reaches __torch_function__ as
+    ``F.max_pool2d_with_indices``: the same rule, asked for the indices."""
+    import torch.nn.functional as F
+
+    out = {}
+    for kind in ("max_pool", "adaptive_max_pool"):
+        for d in (1, 2, 3):
+            f = getattr(F, f"{kind}{d}d_with_indices", None)
+            if f is not None:
+                out[f] = f"{kind}{d}d"
+    return out
+
+
 def _resolve(func, args, kwargs):
     rule = _rule_for(func)
     if rule is not None:
         return rule, func, args, kwargs
+    try:
+        base = _with_indices().get(func)
+    except TypeError:
+        base = None
+    if base is not None:
+        from gradcheck_kit.manual.registry import _REGISTRY
+
+        rule = _REGISTRY.get(base)
+        if rule is not None:
+            return rule, rule.mirrors, args, {**kwargs, "return_indices": True}
     name = _name_of(func)
     if getattr(torch.Tensor, name, None) is func and not name.startswith("_"):
         # a method variant with no alias yet: Tensor.foo(self, ...) is torch.foo(input=self, ...)

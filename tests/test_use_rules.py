@@ -235,3 +235,28 @@ def test_cuda_cnn_gradients_equal_autograd():
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
     assert not session.missing
+
+
+def _mixed(a, b):
+    c = torch.cat([a, b], 1)
+    v, _ = torch.max(c, 1)
+    mp, idx = F.max_pool2d(c.view(1, 1, 3, 8), 2, return_indices=True)
+    s = torch.stack([v, v * 2]).sum() + c[1:, ::2].sum() + c.view(2, -1).permute(1, 0).sum() * 0.5
+    return s + (mp * mp).sum() + (c ** 3).mean() + (2 - c).exp().sum() / 10 + c.t().mm(c).sum()
+
+
+def test_sequences_multi_output_indexing_operators_first_and_second_order():
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    with use_rules(strict=True) as session:
+        y = _mixed(a, b)
+    assert {"cat", "max", "stack", "max_pool2d", "pow", "sub", "exp", "mm"} <= set(session.ops)
+    ga = torch.autograd.grad(y, (a, b), create_graph=True)
+    a2, b2 = a.detach().requires_grad_(), b.detach().requires_grad_()
+    gr = torch.autograd.grad(_mixed(a2, b2), (a2, b2), create_graph=True)
+    for m, r in zip(ga, gr):
+        torch.testing.assert_close(m, r)
+    hm = torch.autograd.grad(sum((x ** 2).sum() for x in ga), (a, b))
+    hr = torch.autograd.grad(sum((x ** 2).sum() for x in gr), (a2, b2))
+    for m, r in zip(hm, hr):
+        torch.testing.assert_close(m, r)
