@@ -260,7 +260,8 @@ def prepare(loss: Callable, inputs, manual: Callable | None, wrt) -> Prepared:
     has_complex = any(isinstance(v, torch.Tensor) and v.is_complex() for v in inputs.values())
     if not structured and not has_complex:
         names = tuple(inputs)
-        return Prepared(loss, inputs, manual, expand_wrt(wrt, names))
+        tagged = tuple(n for n, t in inputs.items() if getattr(t, "_gradcheck_kit_complex", False))
+        return Prepared(loss, inputs, manual, expand_wrt(wrt, names), complex_names=tagged)
     if structured:
         flat, template, modules = flatten(inputs)
         structure = _Structure(template, modules)

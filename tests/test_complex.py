@@ -81,3 +81,17 @@ def test_caller_tensor_untouched_and_clear_errors():
         _check_differentiable("n", torch.arange(3))
     with pytest.raises(GradcheckKitError, match="a bool tensor"):
         _check_differentiable("m", torch.ones(2, dtype=torch.bool))
+
+
+def test_complex_vjp_with_grad_output_keeps_the_convention_check():
+    """A non-scalar loss with manual(grad_output=v): each cotangent's check still names a conjugation bug."""
+    def vec_loss(z):
+        return (C * z * z).real              # y_i = Re(c_i z_i^2)
+
+    def vjp(z, grad_output, conj_bug=False):
+        g = grad_output * (2 * C * z).conj()  # dL/dz for L = <v, y>, torch's convention
+        return {"z": g.conj() if conj_bug else g}
+    assert check(vec_loss, {"z": _z()}, vjp).ok
+    rep = check(vec_loss, {"z": _z()}, lambda z, grad_output: vjp(z, grad_output, conj_bug=True))
+    assert rep.failures and all(r.dtype == "complex128" for r in rep.results)
+    assert all("complex conjugate" in (r.hint or "") for r in rep.failures)

@@ -25,6 +25,7 @@ gradient fails.
 
 from __future__ import annotations
 
+import inspect
 from typing import Mapping
 
 import torch
@@ -43,10 +44,19 @@ def _complex_view(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(t)
 
 
+def _signature(fn):
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
 def as_real(loss, inputs: dict, manual, names: tuple):
     """(loss, inputs, manual) with the complex inputs ``names`` as real views [..., 2]."""
     real_inputs = {n: (torch.view_as_real(t.detach().resolve_conj()) if n in names else t)
                    for n, t in inputs.items()}
+    for n in names:  # tagged, so that a check() on these flat inputs (one per cotangent) still knows them
+        real_inputs[n]._gradcheck_kit_complex = True
 
     def to_complex(kw):
         return {k: (_complex_view(v) if k in names and isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
@@ -59,7 +69,7 @@ def as_real(loss, inputs: dict, manual, names: tuple):
                             f"of them such as out.abs().pow(2).")
         return out
 
-    real_loss.__signature__ = getattr(loss, "__signature__", None)
+    real_loss.__signature__ = _signature(loss)
     real_loss.__name__ = getattr(loss, "__name__", "loss")
     if manual is None:
         return real_loss, real_inputs, None
@@ -85,7 +95,7 @@ def as_real(loss, inputs: dict, manual, names: tuple):
             out[n] = torch.view_as_real(g.resolve_conj())
         return out
 
-    real_manual.__signature__ = getattr(manual, "__signature__", None)
+    real_manual.__signature__ = _signature(manual)  # keeps grad_output visible (cotangents, batched)
     real_manual.__name__ = getattr(manual, "__name__", "manual")
     return real_loss, real_inputs, real_manual
 
