@@ -46,7 +46,8 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
           fd_mode: str = "auto", fd_limit: int | None = DEFAULT_FD_LIMIT, fd_eps: float = 1e-6,
           fd_projections: int = 4, fd_work: float | None = DEFAULT_FD_WORK, repeat: int | None = None, diagnose: bool = True,
           allow_unused: bool = False, forward_ad: bool = False, order: int | None = None, batched: bool = False,
-          compile_options: dict | None = None, baseline: float | None = None, cotangents: int = 3) -> Report:
+          compile_options: dict | None = None, baseline: float | None = None, cotangents: int = 3,
+          localize: bool = False) -> Report:
     """Compare ``manual``'s gradients of ``loss`` (or autograd's, with no ``manual``) with a reference.
 
     ``loss(**inputs)`` returns a tensor (summed if not scalar); ``manual(**inputs)`` returns
@@ -76,7 +77,13 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
     dtype plus a floor of 1e-3 of the gradient's largest magnitude.  When ``manual`` has a keyword
     parameter ``grad_output``, a loss is not summed: ``cotangents`` seeded random cotangents are each
     passed as ``grad_output`` and checked as the gradient of <cotangent, loss> (``_cotangent.py``).
+
+    Rule engine (docs/engine.md): ``manual="rules"`` makes the subject the gradient the explicit rules
+    compute (the loss run under ``manual.use_rules(strict=True)``); ``localize=True`` also checks every
+    recorded node's backward on its own (``report.nodes``; the summary names the first failing node).
     """
+    rules_subject = isinstance(manual, str)
+    manual = _manual_subject(manual, loss, wrt)
     prepared = _pytree.prepare(loss, inputs, manual, wrt)  # modules, nested containers, complex -> flat names
     loss, inputs, manual, wrt = prepared.loss, prepared.inputs, prepared.manual, prepared.wrt
     if _cotangent.takes_grad_output(manual) and cotangents:
@@ -109,11 +116,31 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
                 allow_unused=allow_unused, modes=modes, compile_options=compile_options, baseline=baseline)
     for dev in devices:
         DeviceRun(report, dev, **opts).run()
+    if rules_subject:
+        report.notes.append("the subject is the rule engine's gradient: the loss run under "
+                            "gradcheck_kit.manual.use_rules(strict=True), every op through its explicit rule")
+    if localize:
+        from gradcheck_kit.localize import localize as _localize
+
+        report.nodes = _localize(loss, inputs, seed=seed, wrt=wrt)
     if report.summed:
         report.notes.insert(0, f"the loss returned a tensor of shape {tuple(report.loss_shape)}; it was summed "
                                f"to a scalar before differentiating (only the all-ones cotangent was checked: "
                                f"give manual a grad_output parameter to check other cotangents)")
     return report
+
+
+def _manual_subject(manual, loss, wrt):
+    """``manual="rules"``: the gradient the rule engine computes (``manual.functional.rules_manual``)."""
+    if not isinstance(manual, str):
+        return manual
+    if manual != "rules":
+        raise InvalidParameterError(f"manual={manual!r} is not a callable or 'rules' (the rule engine's "
+                                    f"gradients).")
+    from gradcheck_kit.manual.functional import rules_manual
+
+    wrt = (wrt,) if isinstance(wrt, str) else wrt
+    return rules_manual(loss, wrt)
 
 
 def _along_cotangents(loss, inputs, manual, count, seed, options) -> Report:

@@ -134,10 +134,16 @@ class Report:
     seed: int = 0
     notes: list = field(default_factory=list)
     cotangents: int = 0               # seeded cotangents passed as grad_output (0: the loss was summed)
+    nodes: list = field(default_factory=list)  # localize=True: one localize.NodeResult per node, forward order
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.results)
+        return all(r.ok for r in self.results) and self.first_failing_node is None
+
+    @property
+    def first_failing_node(self):
+        """With ``localize=True``: the first node (forward order) whose own backward is wrong, else None."""
+        return next((n for n in self.nodes if n.ok is False), None)
 
     @property
     def failures(self) -> list:
@@ -147,7 +153,8 @@ class Report:
         return {"ok": self.ok, "summed": self.summed, "loss_shape": list(self.loss_shape),
                 "reference": self.reference, "double_backward": self.double_backward, "seed": self.seed,
                 "cotangents": self.cotangents,
-                "notes": list(self.notes), "results": [r.to_dict() for r in self.results]}
+                "notes": list(self.notes), "results": [r.to_dict() for r in self.results],
+                "nodes": [n.to_dict() for n in self.nodes]}
 
     def __str__(self) -> str:
         head = (f"gradcheck: {'ok' if self.ok else 'FAILED'} - {len(self.results) - len(self.failures)}/"
@@ -170,6 +177,7 @@ class Report:
             for d in _details(r):
                 lines.append(f"  {_label(r)} [{r.reference}]: {d}")
         lines += [f"  note: {n}" for n in self.notes]
+        lines += _node_lines(self)
         return "\n".join(lines)
 
     def failure_message(self) -> str:
@@ -195,6 +203,11 @@ class Report:
             for d in _details(r)[1:]:
                 lines.append(d[0].upper() + d[1:])
         lines += [f"Note: {n}" for n in self.notes]
+        bad = self.first_failing_node
+        if bad is not None:
+            lines += ["", f"Localisation: the first node whose own backward is wrong is [{bad.index}] {bad.op} at "
+                          f"{bad.where} (max abs err {_fmt(bad.max_abs_err)} vs {bad.reference}"
+                          + (f"; {bad.hint}" if bad.hint else "") + ")"]
         return "\n".join(lines)
 
 
@@ -255,3 +268,16 @@ def _describe(t) -> str:
     if isinstance(t, torch.Tensor):
         return f"Tensor[{'x'.join(map(str, t.shape)) or 'scalar'}, {str(t.dtype).replace('torch.', '')}, {t.device}]"
     return repr(t)
+
+
+def _node_lines(report) -> list:
+    """The localisation table (``localize=True``) and the first failing node, in forward order."""
+    if not report.nodes:
+        return []
+    lines = [f"  nodes ({len(report.nodes)}, forward order):"]
+    for n in report.nodes:
+        lines.append(f"    {n}")
+    bad = report.first_failing_node
+    lines.append(f"  first failing node: [{bad.index}] {bad.op} at {bad.where}" if bad is not None
+                 else "  every checked node's backward agrees with its reference")
+    return lines
