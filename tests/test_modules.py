@@ -97,3 +97,17 @@ def test_tied_parameters_are_one_input():
     rep = check(tied_loss, {"net": net, "x": x}, reference="fd")
     assert rep.ok, str(rep)
     assert {r.name for r in rep.results} == {"net.a.weight", "x"}
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_module_vjp_with_grad_output(bug):
+    """Non-scalar module output with manual(grad_output=G): out = x W^T + b, dL/dW = G^T x, dL/db = sum G."""
+    lin = nn.Linear(3, 2).double()
+    x = _batch()["x"]
+
+    def manual(lin, x, grad_output):
+        gw = grad_output.T @ x
+        return {"lin.weight": gw.flip(0) if bug else gw, "lin.bias": grad_output.sum(0), "x": grad_output @ lin.weight}
+    rep = check(lambda lin, x: lin(x), {"lin": lin, "x": x}, manual)
+    assert {r.name for r in rep.failures} == ({"lin.weight"} if bug else set()), str(rep)
+    assert {r.cotangent for r in rep.results} == {0, 1, 2}
