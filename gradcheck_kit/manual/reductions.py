@@ -564,10 +564,6 @@ def _std_scale(op, g, x, dim, unbiased, correction, keepdim):
     return torch.where(s == 0, 0, g / (2 * s))
 
 
-def _var_params(dim, unbiased, correction, keepdim):
-    return dict(dim=dim, unbiased=unbiased, correction=correction, keepdim=keepdim)
-
-
 def _varstd_samples(name):
     def samples(device, dtype):
         mk = Maker(device, dtype)
@@ -685,7 +681,8 @@ def _bound(b):
 
 
 @register("clamp", torch_fn=torch.clamp, tensor_args=("input", "min", "max"), samples=clamp_samples,
-          keyword_tensors=("min", "max"), symbolic=clamp_symbolic, aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip))
+          keyword_tensors=("min", "max"), symbolic=clamp_symbolic,
+          aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip))
 @expects("clamp", _broadcast)
 def clamp_backward(grad_output, input, min=None, max=None, *, needs_input_grad, needs_keyword_grad=None):
     """dL/dx = g [lo <= x <= hi]; dL/dlo = g [x < lo, lo < hi]; dL/dhi = g [x > hi or hi < lo]."""
