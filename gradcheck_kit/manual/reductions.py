@@ -131,19 +131,22 @@ def _broadcast(*xs, **kw) -> tuple[int, ...]:
     try:
         return tuple(torch.broadcast_shapes(*shapes))
     except RuntimeError:
-        raise InvalidInputError(f"shapes {shapes} do not broadcast") from None
+        raise InvalidInputError(f"the tensor shapes {shapes} do not broadcast") from None
 
 
 def expects(op: str, shape_fn):
     """Decorator: ``grad_output`` must have the output's shape (``shape_fn(*args, **params)``;
-    a tuple of shapes for a multi-output op, ``None`` for an integer output), else one
+    a list of shapes for a multi-output op, ``None`` for an integer output), else one
     ``InvalidInputError``: a wrong shape would otherwise broadcast into a silently wrong answer.
     Shapes are computed in Python; ``_dims`` turns a bad ``dim`` into ``InvalidParameterError``."""
     def deco(backward):
         @functools.wraps(backward)
         def checked(grad_output, *args, needs_input_grad, **params):
             call = {k: v for k, v in params.items() if k not in ("saved", "needs_keyword_grad")}
-            want = shape_fn(*args, **call)
+            try:
+                want = shape_fn(*args, **call)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"{op}: {e}") from None
             multi = isinstance(want, list)
             wants = want if multi else [want]
             gs = list(grad_output) if isinstance(grad_output, (tuple, list)) else [grad_output]
