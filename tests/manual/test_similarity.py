@@ -69,3 +69,9 @@ def test_normalize_zero_row_and_clamp(p):
 def test_normalize_mirrors_F_normalize():
     assert manual.get("normalize").torch_fn is F.normalize
     assert manual.get("cosine_similarity").mirrors_name == "torch.nn.functional.cosine_similarity"
+
+
+def test_cosine_similarity_of_parallel_rows_has_zero_gradient():
+    a = torch.randn(3, 4, dtype=f64, generator=_gen(6))
+    ga, gb = check_backward(manual.get("cosine_similarity"), (a, 2.5 * a), {})
+    assert float(ga.abs().max()) < 1e-15 and float(gb.abs().max()) < 1e-15
