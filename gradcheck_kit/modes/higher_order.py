@@ -17,7 +17,8 @@ equals the directional derivative of h_{k-1} along v.  Order 2 (Hessian-vector p
   (error O(e^2) + O(eps |h_{k-1}| / e); e = 10 fd_eps).
 
 Everything runs in float64 on the CPU copies (the subject's own copies when they are float64 on
-the CPU), so orders above 2 are about formulas, not rounding.
+the CPU, or when ``manual`` cannot run in float64), so orders above 2 are about formulas, not
+rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from gradcheck_kit._diff import _compare, _result, _scales
 from gradcheck_kit._session import _loss_out
+from gradcheck_kit.errors import GradcheckKitError
 
 __all__ = ["HigherOrder"]
 
@@ -82,7 +84,16 @@ class HigherOrder:
             return {n: res[n] for n in wrt}
 
         subject_fn = manual_fn if subject.kind == "manual" else autograd_fn
-        mine = self.chain(run, subject_fn, tensors, vs, N)
+        try:
+            mine = self.chain(run, subject_fn, tensors, vs, N)
+        except GradcheckKitError:
+            raise
+        except Exception:  # noqa: BLE001 - a manual that only runs in its own dtype/device: stay there
+            if tensors is run.work:
+                raise
+            tensors = run.work
+            vs = self.directions(run, tensors)
+            mine = self.chain(run, subject_fn, tensors, vs, N)
         out = []
         if subject.kind == "manual":
             ref = self.chain(run, autograd_fn, tensors, vs, N)
