@@ -580,10 +580,8 @@ def _varstd_samples(name):
         yield Sample((x,), {"unbiased": True}, f"{name}[all,unbiased=True]")
         yield Sample((mk.noncontiguous(mk.randn(4, 3)),), {"dim": 0}, f"{name}[noncontig]")
         yield Sample((mk.randn(5),), {"dim": 0, "keepdim": True}, f"{name}[1d,keepdim]")
-        if name.startswith("var"):     # sqrt has no finite slope at 0 variance: var only
-            yield Sample((mk.randn(3, 2),), {"dim": 1, "correction": 2}, f"{name}[dof=0]")
-            yield Sample((mk.randn(3, 2),), {"dim": 1, "correction": 3}, f"{name}[dof<0]")
-            yield Sample((mk.randn(3),), {"correction": 3}, f"{name}[all,dof=0]")
+        # dof <= 0 (infinite or negative scale) is checked in tests/manual/test_reductions.py: its
+        # gradients are not finite, which check() and the sweep rightly refuse to compare
     samples.__name__ = f"{name}_samples"
     return samples
 

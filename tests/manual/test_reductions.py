@@ -59,8 +59,10 @@ TIES = [
     ("std", [[1.0, 1.0], [0.0, 2.0]], {"dim": 1}, [[0.0, 0.0], [-0.5 ** 0.5, 0.5 ** 0.5]]),
     # var with dof <= 0, full reduction: +inf where x != mean, NaN where x == mean
     ("var", [1.0, 2.0, 3.0], {"correction": 3}, [INF, NAN, INF]),
-    # along a dim torch uses 2 / (N - correction) as is: negative for correction > N
+    # along a dim torch uses 2 / (N - correction) as is: negative for correction > N, inf at N
     ("var", [[1.0, 3.0]], {"dim": 1, "correction": 3}, [[2.0, -2.0]]),
+    ("var", [[1.0, 3.0], [2.0, 2.0]], {"dim": 1, "correction": 2}, [[-INF, INF], [NAN, NAN]]),
+    ("var_mean", [[1.0, 3.0]], {"dim": 1, "correction": 3}, [[2.0, -2.0]]),   # the var output
     # cumprod through zeros, exactly: y = [2, 0, 0, 0]
     ("cumprod", [2.0, 0.0, 3.0, 0.0], {"dim": 0}, [1.0, 8.0, 0.0, 0.0]),
 ]
