@@ -75,3 +75,13 @@ def test_autograd_alone_up_to_order_4_in_float32():
 def test_order_must_be_a_positive_integer(order):
     with pytest.raises(InvalidParameterError, match="order="):
         check(loss, X, order=order)
+
+
+def test_manual_that_only_runs_in_its_own_dtype_is_checked_there():
+    def manual(x):
+        assert x.dtype == torch.float32, "this manual only supports float32"
+        return {"x": x.cos()}
+    x = {"x": torch.tensor([0.3, -0.7, 1.1])}
+    assert check(loss, x, manual, order=3).ok
+    rep = check(loss, x, lambda x: {"x": manual(x)["x"] + 0.1 * x ** 3}, order=3)  # d^2/dx^2 off by 0.6x
+    assert (3, "autograd") in {(r.order, r.reference) for r in rep.failures}

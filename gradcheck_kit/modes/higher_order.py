@@ -101,7 +101,9 @@ class HigherOrder:
                 out += self._compare(run, subject, mine[k - 1], ref[k - 1], k, "autograd",
                                      f"order {k}: d/dx <h_{k - 1}, v_{k - 1}> of manual's gradient against the same "
                                      f"chain on autograd's gradient (seeded random v)")
-        e = 10 * run.fd_eps
+        dtype = next(tensors[n].dtype for n in wrt)
+        # float64: step 10 fd_eps; a lower dtype (fallback): ~ eps^(1/3), where truncation O(e^2) meets rounding O(eps/e)
+        e = 10 * run.fd_eps if dtype == torch.float64 else max(10 * run.fd_eps, torch.finfo(dtype).eps ** (1 / 3))
         for k in range(3, N + 1):
             v = vs[k - 2]
             plus = {n: (t + e * v[n].to(t.device, t.dtype) if n in wrt else t) for n, t in tensors.items()}
@@ -120,7 +122,7 @@ class HigherOrder:
         scales = _scales(ref)
         for n in run.wrt_names:
             m, r = mine[n], ref[n]
-            atol, rtol = run.tol(torch.float64, scales[n], kind, order=2)
+            atol, rtol = run.tol(m.dtype, scales[n], kind, order=2)
             cmp = _compare(m, r, atol, rtol)
             res = _result(n, run.dev, run.subject[n].dtype, r.shape, cmp, atol, rtol,
                           reference="autograd" if kind == "autograd" else "finite-difference",
