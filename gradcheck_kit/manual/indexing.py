@@ -505,12 +505,12 @@ def embedding_samples(device, dtype):
     mk = Maker(device, dtype)
     idx = torch.tensor([[0, 2, 2], [4, 2, 1]], device=device)
     yield Sample((idx, mk.randn(5, 3)), {}, "embedding[repeated]")
-    yield Sample((idx, mk.randn(5, 3)), {"padding_idx": 2}, "embedding[padding_idx]")
-    yield Sample((idx, mk.randn(5, 3)), {"padding_idx": -1}, "embedding[neg_padding]")
     yield Sample((torch.tensor(3, device=device), mk.randn(5, 2)), {}, "embedding[0d_index]")
-    yield Sample((idx, mk.randn(5, 3, scale=3.0)), {"max_norm": 1.0}, "embedding[max_norm]")
-    # scale_grad_by_freq and empty indices are checked in tests/manual/test_indexing.py: torch's own
-    # double backward ignores scale_grad_by_freq, and fails on an empty index tensor
+    yield Sample((idx, mk.randn(5, 3)), {"padding_idx": 3}, "embedding[unused_padding_idx]")
+    # checked in tests/manual/test_indexing.py instead: padding_idx on a used row (a convention that
+    # finite differences of the forward cannot see), max_norm (torch's forward renormalises the weight
+    # in place), scale_grad_by_freq (torch's own double backward ignores it) and empty indices (torch's
+    # double backward fails on them)
 
 
 @register("embedding", torch_fn=F.embedding, tensor_args=("input", "weight"), samples=embedding_samples,

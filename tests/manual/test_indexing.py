@@ -133,6 +133,18 @@ def test_embedding_scale_grad_by_freq_first_and_second_derivative():
     torch.testing.assert_close(gg, v[IDX] / count[IDX].unsqueeze(-1), rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("params", [dict(padding_idx=2), dict(padding_idx=-1), dict(max_norm=1.0),
+                                    dict(max_norm=1.0, norm_type=1.0, padding_idx=0)],
+                         ids=["padding_idx", "neg_padding_idx", "max_norm", "max_norm,l1,padding"])
+def test_embedding_padding_and_max_norm_match_autograd(params):
+    # torch's conventions, not derivatives of the forward: the padding row gets no gradient although
+    # the forward reads it, and max_norm renormalises rows of the weight in place before the lookup
+    rule = manual.get("embedding")
+    w = torch.randn(5, 3, dtype=D, generator=torch.Generator().manual_seed(0)) * 3
+    check_backward(rule, (IDX, w), params)
+    check_double_backward(rule, (IDX, w), params)
+
+
 def test_embedding_empty_indices_and_padding_row():
     rule = manual.get("embedding")
     w = torch.randn(5, 3, dtype=D)
