@@ -61,7 +61,7 @@ class _Leaf:
 
 
 class _ModuleSlot:
-    """Placeholder for module number ``index``; its trainable tensors are ``names`` (flat) -> local name."""
+    """Placeholder for module number ``index``; ``local`` maps its flat names to names inside the module."""
 
     def __init__(self, index: int, prefix: str, local: dict):
         self.index, self.prefix, self.local = index, prefix, local
