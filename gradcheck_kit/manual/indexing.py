@@ -40,9 +40,9 @@ in place, without autograd, before the lookup, so the gradient formula is unchan
 rule gives dense gradients.
 
 Positional order: torch puts ``dim`` before the index tensor (``torch.gather(x, dim,
-index)``); the rules take tensors first, so their ``torch_fn`` is a thin wrapper
-``gather(input, index, *, dim)`` carrying the real function as ``.mirrors`` (as
-``layer_norm`` does), and ``dim`` is a keyword parameter.
+index)``, ``torch.scatter(x, dim, index, src)``); these rules take torch's positional
+order as it is, with ``dim`` and ``index`` declared among the positional arguments and
+non-differentiable, so ``x.gather(1, idx)`` binds as torch binds it.
 """
 
 from __future__ import annotations
@@ -153,25 +153,17 @@ def _check_index(op, index, name="index"):
                                 f"{getattr(index, 'dtype', type(index).__name__)}")
 
 
-def index_select(input, index, *, dim):
-    return torch.index_select(input, dim, index)
-
-
-index_select.mirrors = torch.index_select
-
-
 def index_select_samples(device, dtype):
     mk = Maker(device, dtype)
-    yield Sample((mk.randn(4, 3), torch.tensor([3, 0, 3, 3], device=device)), {"dim": 0}, "index_select[repeated]")
-    yield Sample((mk.randn(2, 5, 2), torch.tensor([4, 1], device=device)), {"dim": -2}, "index_select[negdim]")
-    yield Sample((mk.randn(4), torch.tensor(2, device=device)), {"dim": 0}, "index_select[0d_index]")
-    yield Sample((mk.randn(4, 2), torch.tensor([], dtype=torch.int64, device=device)), {"dim": 0},
-                 "index_select[empty]")
+    yield Sample((mk.randn(4, 3), 0, torch.tensor([3, 0, 3, 3], device=device)), {}, "index_select[repeated]")
+    yield Sample((mk.randn(2, 5, 2), -2, torch.tensor([4, 1], device=device)), {}, "index_select[negdim]")
+    yield Sample((mk.randn(4), 0, torch.tensor(2, device=device)), {}, "index_select[0d_index]")
+    yield Sample((mk.randn(4, 2), 0, torch.tensor([], dtype=torch.int64, device=device)), {}, "index_select[empty]")
 
 
-@register("index_select", torch_fn=index_select, tensor_args=("input", "index"), samples=index_select_samples,
-          nondifferentiable=("index",), aliases=(torch.Tensor.index_select,))
-def index_select_backward(grad_output, input, index, *, needs_input_grad, dim):
+@register("index_select", torch_fn=torch.index_select, tensor_args=("input", "dim", "index"),
+          samples=index_select_samples, nondifferentiable=("dim", "index"), aliases=(torch.Tensor.index_select,))
+def index_select_backward(grad_output, input, dim, index, *, needs_input_grad):
     """dL/dx = zeros.index_add(dim, index, g) (repeated indices accumulate)."""
     op = "index_select"
     _check_index(op, index)
@@ -181,31 +173,24 @@ def index_select_backward(grad_output, input, index, *, needs_input_grad, dim):
         shape[d] = index.numel()
     check_grad_shape(op, grad_output, tuple(shape))
     if not needs_input_grad[0]:
-        return (None, None)
+        return (None, None, None)
     zeros = torch.zeros(input.shape, dtype=grad_output.dtype, device=grad_output.device)
     if input.dim() == 0:
-        return (zeros + grad_output, None)
-    return (zeros.index_add(d, index.reshape(-1), grad_output), None)
-
-
-def gather(input, index, *, dim, sparse_grad=False):
-    return torch.gather(input, dim, index, sparse_grad=sparse_grad)
-
-
-gather.mirrors = torch.gather
+        return (zeros + grad_output, None, None)
+    return (zeros.index_add(d, index.reshape(-1), grad_output), None, None)
 
 
 def gather_samples(device, dtype):
     mk = Maker(device, dtype)
-    yield Sample((mk.randn(3, 4), torch.tensor([[0, 0, 3], [1, 2, 1], [3, 3, 3]], device=device)), {"dim": 1},
+    yield Sample((mk.randn(3, 4), 1, torch.tensor([[0, 0, 3], [1, 2, 1], [3, 3, 3]], device=device)), {},
                  "gather[dim1,repeated]")
-    yield Sample((mk.randn(3, 4), torch.tensor([[2, 1, 0, 0]], device=device)), {"dim": 0}, "gather[dim0,smaller]")
-    yield Sample((mk.randn(2, 3, 2), mk.randint(3, 2, 5, 2)), {"dim": -2}, "gather[negdim,larger]")
+    yield Sample((mk.randn(3, 4), 0, torch.tensor([[2, 1, 0, 0]], device=device)), {}, "gather[dim0,smaller]")
+    yield Sample((mk.randn(2, 3, 2), -2, mk.randint(3, 2, 5, 2)), {}, "gather[negdim,larger]")
 
 
-@register("gather", torch_fn=gather, tensor_args=("input", "index"), samples=gather_samples,
-          nondifferentiable=("index",), aliases=(torch.Tensor.gather,))
-def gather_backward(grad_output, input, index, *, needs_input_grad, dim, sparse_grad=False):
+@register("gather", torch_fn=torch.gather, tensor_args=("input", "dim", "index"), samples=gather_samples,
+          nondifferentiable=("dim", "index"), aliases=(torch.Tensor.gather,))
+def gather_backward(grad_output, input, dim, index, *, needs_input_grad, sparse_grad=False):
     """dL/dx = zeros.scatter_add(dim, index, g) (repeated indices accumulate)."""
     op = "gather"
     _check_index(op, index)
@@ -215,9 +200,9 @@ def gather_backward(grad_output, input, index, *, needs_input_grad, dim, sparse_
     _dim(op, dim, input.dim())
     check_grad_shape(op, grad_output, tuple(index.shape))
     if not needs_input_grad[0]:
-        return (None, None)
+        return (None, None, None)
     zeros = torch.zeros(input.shape, dtype=grad_output.dtype, device=grad_output.device)
-    return (zeros.scatter_add(dim, index, grad_output), None)
+    return (zeros.scatter_add(dim, index, grad_output), None, None)
 
 
 def _src_grad(grad_output, src, dim, index):
@@ -231,31 +216,19 @@ def _src_grad(grad_output, src, dim, index):
     return F.pad(gs, pad)
 
 
-def scatter(input, index, src=None, *, dim, value=None, reduce=None):
-    if src is None:
-        if reduce is not None:
-            return torch.scatter(input, dim, index, value, reduce=reduce)
-        return torch.scatter(input, dim, index, value)
-    if reduce is not None:
-        return torch.scatter(input, dim, index, src, reduce=reduce)
-    return torch.scatter(input, dim, index, src)
-
-
-scatter.mirrors = torch.scatter
-
-
 def scatter_samples(device, dtype):
     mk = Maker(device, dtype)
-    perm = torch.tensor([[2, 0, 3], [1, 3, 0]], device=device)                     # distinct per column-row
-    yield Sample((mk.randn(3, 4), perm, mk.randn(2, 3)), {"dim": 1}, "scatter[src,dim1]")
-    yield Sample((mk.randn(3, 4), torch.tensor([[2, 0, 1, 0]], device=device), mk.randn(1, 4)), {"dim": 0},
+    perm = torch.tensor([[2, 0, 3], [1, 3, 0]], device=device)                     # distinct per row
+    yield Sample((mk.randn(3, 4), 1, perm, mk.randn(2, 3)), {}, "scatter[src,dim1]")
+    yield Sample((mk.randn(3, 4), 0, torch.tensor([[2, 0, 1, 0]], device=device), mk.randn(1, 4)), {},
                  "scatter[src,dim0]")
-    yield Sample((mk.randn(3, 4), perm), {"dim": 1, "value": 1.5}, "scatter[value]")
+    yield Sample((mk.randn(3, 4), 1, perm, 1.5), {}, "scatter[value,positional]")
+    yield Sample((mk.randn(3, 4), 1, perm), {"value": -2.0}, "scatter[value,keyword]")
 
 
-@register("scatter", torch_fn=scatter, tensor_args=("input", "index", "src"), samples=scatter_samples,
-          nondifferentiable=("index",), aliases=(torch.Tensor.scatter,))
-def scatter_backward(grad_output, input, index, src=None, *, needs_input_grad, dim, value=None, reduce=None):
+@register("scatter", torch_fn=torch.scatter, tensor_args=("input", "dim", "index", "src"), samples=scatter_samples,
+          nondifferentiable=("dim", "index"), aliases=(torch.Tensor.scatter,))
+def scatter_backward(grad_output, input, dim, index, src=None, *, needs_input_grad, value=None, reduce=None):
     """dL/dx = g.scatter(dim, index, 0) (written positions get nothing); dL/dsrc = g.gather(dim, index)."""
     op = "scatter"
     if reduce is not None:
@@ -264,36 +237,30 @@ def scatter_backward(grad_output, input, index, src=None, *, needs_input_grad, d
     _dim(op, dim, input.dim())
     check_grad_shape(op, grad_output, tuple(input.shape))
     gx = grad_output.scatter(dim, index, 0.0) if needs_input_grad[0] else None
-    gs = _src_grad(grad_output, src, dim, index) if needs_input_grad[2] and src is not None else None
-    return (gx, None, gs)
-
-
-def scatter_add(input, index, src, *, dim):
-    return torch.scatter_add(input, dim, index, src)
-
-
-scatter_add.mirrors = torch.scatter_add
+    # src may be a number (torch.scatter(x, dim, index, 1.5)): then it has no gradient
+    gs = _src_grad(grad_output, src, dim, index) if needs_input_grad[3] and isinstance(src, torch.Tensor) else None
+    return (gx, None, None, gs)
 
 
 def scatter_add_samples(device, dtype):
     mk = Maker(device, dtype)
-    yield Sample((mk.randn(3, 4), torch.tensor([[0, 0, 3], [1, 0, 0]], device=device), mk.randn(2, 3)), {"dim": 1},
+    yield Sample((mk.randn(3, 4), 1, torch.tensor([[0, 0, 3], [1, 0, 0]], device=device), mk.randn(2, 3)), {},
                  "scatter_add[repeated]")
-    yield Sample((mk.randn(3, 2), torch.tensor([[2, 2], [2, 0]], device=device), mk.randn(2, 2)), {"dim": 0},
+    yield Sample((mk.randn(3, 2), 0, torch.tensor([[2, 2], [2, 0]], device=device), mk.randn(2, 2)), {},
                  "scatter_add[dim0]")
 
 
-@register("scatter_add", torch_fn=scatter_add, tensor_args=("input", "index", "src"),
-          samples=scatter_add_samples, nondifferentiable=("index",), aliases=(torch.Tensor.scatter_add,))
-def scatter_add_backward(grad_output, input, index, src, *, needs_input_grad, dim):
+@register("scatter_add", torch_fn=torch.scatter_add, tensor_args=("input", "dim", "index", "src"),
+          samples=scatter_add_samples, nondifferentiable=("dim", "index"), aliases=(torch.Tensor.scatter_add,))
+def scatter_add_backward(grad_output, input, dim, index, src, *, needs_input_grad):
     """dL/dx = g; dL/dsrc = g.gather(dim, index)."""
     op = "scatter_add"
     _check_index(op, index)
     _dim(op, dim, input.dim())
     check_grad_shape(op, grad_output, tuple(input.shape))
     gx = grad_output.view_as(grad_output) if needs_input_grad[0] else None
-    gs = _src_grad(grad_output, src, dim, index) if needs_input_grad[2] else None
-    return (gx, None, gs)
+    gs = _src_grad(grad_output, src, dim, index) if needs_input_grad[3] else None
+    return (gx, None, None, gs)
 
 
 # -- cat, stack, split, chunk, unbind ---------------------------------------------------------

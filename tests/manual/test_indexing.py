@@ -98,17 +98,17 @@ def test_getitem_more_index_forms(index):
 
 def test_gather_index_select_accumulate():
     x = torch.randn(3, dtype=D)
-    (gx, _) = manual.get("index_select").backward(torch.ones(4, dtype=D), x, torch.tensor([1, 1, 1, 0]), dim=0)
+    (gx, _, _) = manual.get("index_select").backward(torch.ones(4, dtype=D), x, 0, torch.tensor([1, 1, 1, 0]))
     assert torch.equal(gx, torch.tensor([1.0, 3.0, 0.0], dtype=D))
-    (gx, _) = manual.get("gather").backward(torch.ones(1, 3, dtype=D), x.reshape(1, 3), torch.tensor([[2, 2, 2]]),
-                                            dim=1)
+    (gx, _, _) = manual.get("gather").backward(torch.ones(1, 3, dtype=D), x.reshape(1, 3), 1,
+                                               torch.tensor([[2, 2, 2]]))
     assert torch.equal(gx, torch.tensor([[0.0, 0.0, 3.0]], dtype=D))
 
 
 def test_scatter_src_larger_than_index_gets_zero_beyond_it():
     x, src, idx = torch.randn(3, 4, dtype=D), torch.randn(2, 5, dtype=D), torch.tensor([[2, 0, 1, 0]])
     g = torch.randn(3, 4, dtype=D)
-    _, _, gs = manual.get("scatter").backward(g, x, idx, src, dim=0)
+    _, _, _, gs = manual.get("scatter").backward(g, x, 0, idx, src)
     s = src[:1, :4].clone().requires_grad_(True)             # the part of src the forward reads
     (ref,) = torch.autograd.grad(torch.scatter(x, 0, idx, s), s, g)
     assert torch.equal(gs[:1, :4], ref) and not gs[1:].any() and not gs[:, 4:].any()
@@ -183,14 +183,48 @@ def test_bad_input_gives_one_clear_error():
     with pytest.raises(InvalidInputError, match="grad_output has shape"):
         manual.get("__getitem__").backward(torch.ones(5, dtype=D), x, 0)
     with pytest.raises(InvalidInputError, match="int64 or int32"):
-        manual.get("gather").backward(torch.ones(3, 4, dtype=D), x, torch.zeros(3, 4), dim=1)
+        manual.get("gather").backward(torch.ones(3, 4, dtype=D), x, 1, torch.zeros(3, 4))
     with pytest.raises(UnsupportedError, match="sparse=True"):
         manual.get("embedding").backward(torch.ones(2, 3, 4, dtype=D), IDX, x, sparse=True)
     with pytest.raises(UnsupportedError, match="reduce"):
-        manual.get("scatter").backward(x, x, torch.zeros(1, 1, dtype=torch.int64), x, dim=0, reduce="add")
+        manual.get("scatter").backward(x, x, 0, torch.zeros(1, 1, dtype=torch.int64), x, reduce="add")
     with pytest.raises(InvalidInputError, match="one entry"):
         manual.get("split").backward(torch.ones(3, 4, dtype=D), x, split_size_or_sections=2)
     with pytest.raises(InvalidInputError, match="non-empty list"):
         manual.get("cat").backward(torch.ones(1), [])
     with pytest.raises(InvalidParameterError, match="dim must be"):
         manual.get("stack").backward(torch.ones(2, 3, 4, dtype=D), [x, x], dim=5)
+
+
+X = torch.randn(3, 4, dtype=D, generator=torch.Generator().manual_seed(0))
+I2 = torch.tensor([[0, 3], [2, 2], [1, 0]])
+SPELLINGS = [  # (rule, torch callable as called, args, kwargs): torch's positional order, dim before index
+    ("gather", torch.gather, (X, 1, I2), {}),
+    ("gather", torch.Tensor.gather, (X, 1, I2), {}),
+    ("gather", torch.gather, (X,), {"dim": 1, "index": I2}),
+    ("index_select", torch.Tensor.index_select, (X, 1, I2[0]), {}),
+    ("scatter", torch.Tensor.scatter, (X, 1, I2[:, :1], 2.5), {}),
+    ("scatter", torch.scatter, (X, 1, I2[:, :1], X[:, :1] * 3), {}),
+    ("scatter_add", torch.scatter_add, (X, 1, I2, X[:, :2] * 1.0), {}),
+    ("select", torch.Tensor.select, (X, 1, 2), {}),
+    ("narrow", torch.narrow, (X, 1, 1, 2), {}),
+    ("__getitem__", torch.Tensor.__getitem__, (X, (slice(None), I2[0])), {}),
+    ("cat", torch.cat, ([X, X * 2], 1), {}),
+    ("where", torch.where, (X > 0, X, 0.0), {}),
+    ("split", torch.Tensor.split, (X, [1, 3], 1), {}),
+]
+
+
+@pytest.mark.parametrize("name,fn,args,kwargs", SPELLINGS, ids=[f"{c[0]}-{i}" for i, c in enumerate(SPELLINGS)])
+def test_torch_spellings_bind_onto_the_rules(name, fn, args, kwargs):
+    # the rule engine binds a recorded call onto the rule; forward and backward then equal torch's
+    from gradcheck_kit import trace
+
+    rule = manual.get(name)
+    call = trace.bind(rule, fn, args, kwargs)
+    rargs, params = call.build(call.tensors)
+    ref = fn(*args, **kwargs)
+    got = rule.forward(*rargs, **params)
+    for r, m in zip(ref if isinstance(ref, tuple) else (ref,), got if isinstance(got, tuple) else (got,)):
+        assert torch.equal(r, m)
+    check_backward(rule, rargs, params)

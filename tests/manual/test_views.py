@@ -105,3 +105,34 @@ def test_backward_does_not_touch_grad_output_storage_identity():
     g = torch.randn(2, 3, dtype=torch.float64)
     (gx,) = manual.get("contiguous").backward(g, torch.randn(2, 3, dtype=torch.float64))
     assert gx is not g and torch.equal(gx, g)
+
+
+BIND = [  # (rule, torch callable as called, args): method and varargs spellings as a model writes them
+    ("view", torch.Tensor.view, (X, 4, 6)),
+    ("view", torch.Tensor.view, (X, -1)),
+    ("reshape", torch.Tensor.reshape, (X, (6, 4))),
+    ("permute", torch.Tensor.permute, (X, 2, 0, 1)),
+    ("expand", torch.Tensor.expand, (X[:, :1], 5, 2, 3, 4)),
+    ("transpose", torch.Tensor.transpose, (X, 0, 2)),
+    ("flatten", torch.Tensor.flatten, (X, 1)),
+    ("unsqueeze", torch.Tensor.unsqueeze, (X, -1)),
+    ("pixel_shuffle", torch.nn.functional.pixel_shuffle, (X.reshape(1, 4, 3, 2), 2)),
+    ("max_pool2d", torch.nn.functional.max_pool2d, (X.unsqueeze(0), 2, 1, 0, 1, False, True)),
+    ("adaptive_max_pool2d", torch.nn.functional.adaptive_max_pool2d, (X.unsqueeze(0), (2, 3), True)),
+    ("interpolate", torch.nn.functional.interpolate, (X.unsqueeze(0), None, 1.5, "bilinear", True)),
+]
+
+
+@pytest.mark.parametrize("name,fn,args", BIND, ids=[f"{c[0]}-{i}" for i, c in enumerate(BIND)])
+def test_spellings_bind_onto_the_rules(name, fn, args):
+    # the rule engine binds a recorded call onto the rule; forward and backward then equal torch's
+    from gradcheck_kit import trace
+
+    rule = manual.get(name)
+    call = trace.bind(rule, fn, args, {})
+    rargs, params = call.build(call.tensors)
+    ref = fn(*args)
+    got = rule.forward(*rargs, **params)
+    for r, m in zip(ref if isinstance(ref, tuple) else (ref,), got if isinstance(got, tuple) else (got,)):
+        assert torch.equal(r, m)
+    check_backward(rule, rargs, params)
