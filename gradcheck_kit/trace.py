@@ -160,6 +160,18 @@ class Trace:
         """``obj`` (an args tuple, kwargs dict, ...) with every ``Ref`` replaced by its recorded tensor."""
         return _map(obj, lambda r: self.tensor(r) if isinstance(r, Ref) else r, leaf=Ref)
 
+    def uses(self, ref) -> list[Node]:
+        """The nodes that read a value (forward order): a weight used twice has two, and its
+        gradient is the sum of both terms."""
+        vid = ref.id if isinstance(ref, Ref) else ref
+        found = []
+        for n in self.nodes:
+            refs: list = []
+            _map((n.args, n.kwargs), refs.append, leaf=Ref)
+            if any(r.id == vid for r in refs):
+                found.append(n)
+        return found
+
     @property
     def missing(self) -> list[Node]:
         """Differentiable nodes that no rule mirrors (custom Functions excluded)."""

@@ -60,6 +60,7 @@ def test_conv_relu_conv_graph():
     for k in inputs:  # the caller's tensors are untouched
         assert torch.equal(inputs[k], before[k]) and not inputs[k].requires_grad
     assert "conv2d" in str(tr) and "z2 =" in str(tr)
+    assert tr.uses(tr.inputs["w1"]) == [c1] and tr.uses(c2.outputs[0]) == [m]
 
 
 def test_custom_function_is_one_node_with_children():
