@@ -1,12 +1,13 @@
-"""View rules: reshape, view, flatten, unflatten, permute, transpose, swapaxes, movedim,
-squeeze, unsqueeze, expand, expand_as, broadcast_to, contiguous, t, pixel_shuffle,
-pixel_unshuffle.
+"""View rules: reshape, view, view_as, reshape_as, flatten, unflatten, permute, transpose,
+swapaxes, movedim, squeeze, unsqueeze, expand, expand_as, broadcast_to, contiguous, t,
+pixel_shuffle, pixel_unshuffle.
 
 Every one of them is a linear map ``y = P x`` where ``P`` is a permutation of the
 elements (reshape-like ops: the identity on the row-major element order) or a
 broadcast.  The backward is the adjoint ``P^T g``:
 
-* reshape / view / flatten / unflatten / squeeze / unsqueeze keep the row-major order,
+* reshape / view / view_as / reshape_as / flatten / unflatten / squeeze / unsqueeze keep the
+  row-major order,
   so ``P^T g = g.reshape(x.shape)``;
 * permute by ``dims``: ``y[i_dims[0], ..] = x[i_0, ..]`` so ``P^T = permute`` by the
   inverse permutation ``argsort(dims)``; transpose / swapaxes are their own inverse;
@@ -204,6 +205,42 @@ def unsqueeze_symbolic(input, *, dim):
 def unsqueeze_backward(grad_output, input, *, needs_input_grad, dim):
     """dL/dx = g.reshape(x.shape)."""
     return _reshape_like("unsqueeze", torch.unsqueeze, input, grad_output, needs_input_grad, dim=dim)
+
+
+def _as_other_samples(op):
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+        yield Sample((mk.randn(2, 6), mk.randn(3, 4)), {}, f"{op}[2d]")
+        yield Sample((mk.randn(4), mk.randn(2, 2, 1)), {}, f"{op}[1d->3d]")
+        yield Sample((mk.randn(1, 1), torch.zeros((), dtype=torch.int64, device=device)), {}, f"{op}[->0d,int_other]")
+
+    samples.__name__ = f"{op}_samples"
+    return samples
+
+
+def view_as_symbolic(input, other):
+    return np.reshape(input, other.shape)
+
+
+@register("view_as", torch_fn=torch.Tensor.view_as, tensor_args=("input", "other"),
+          samples=_as_other_samples("view_as"), symbolic=view_as_symbolic, nondifferentiable=("other",))
+def view_as_backward(grad_output, input, other, *, needs_input_grad):
+    """dL/dx = g.reshape(x.shape); ``other`` only gives the shape."""
+    check_grad_shape("view_as", grad_output, _out_shape("view_as", torch.reshape, input, shape=tuple(other.shape)))
+    return (grad_output.reshape(input.shape) if needs_input_grad[0] else None, None)
+
+
+def reshape_as_symbolic(input, other):
+    return np.reshape(input, other.shape)
+
+
+@register("reshape_as", torch_fn=torch.Tensor.reshape_as, tensor_args=("input", "other"),
+          samples=_as_other_samples("reshape_as"), symbolic=reshape_as_symbolic, nondifferentiable=("other",))
+def reshape_as_backward(grad_output, input, other, *, needs_input_grad):
+    """dL/dx = g.reshape(x.shape); ``other`` only gives the shape."""
+    check_grad_shape("reshape_as", grad_output,
+                     _out_shape("reshape_as", torch.reshape, input, shape=tuple(other.shape)))
+    return (grad_output.reshape(input.shape) if needs_input_grad[0] else None, None)
 
 
 # -- permutations: P^T = P^{-1} -------------------------------------------------------------
