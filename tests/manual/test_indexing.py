@@ -182,6 +182,8 @@ def test_bad_input_gives_one_clear_error():
         manual.get("__getitem__").backward(torch.ones(2), x, (0, 0, 0))
     with pytest.raises(InvalidInputError, match="grad_output has shape"):
         manual.get("__getitem__").backward(torch.ones(5, dtype=D), x, 0)
+    with pytest.raises(InvalidParameterError, match="step"):             # torch has no negative steps
+        manual.get("__getitem__").backward(torch.ones(3, 4, dtype=D), x, slice(None, None, -1))
     with pytest.raises(InvalidInputError, match="int64 or int32"):
         manual.get("gather").backward(torch.ones(3, 4, dtype=D), x, 1, torch.zeros(3, 4))
     with pytest.raises(UnsupportedError, match="sparse=True"):
