@@ -21,7 +21,7 @@
   kinks meet (valid subgradients are sums over subsets of the tied terms).  It is decided by the
   hull of the element's central differences at seeded nearby points ``perturb`` draws (each sits on
   one piece next to x; for a single kink they only reproduce the interval's ends, so the interval
-  rule still binds there).  The caller also re-checks everything at one such point off the kinks
+  rule still binds there; no padding: a value beyond every sampled piece fails).  The caller also re-checks everything at one such point off the kinks
   (``references/finite_difference.py``), so a bug hidden inside a kink interval is still found.
 
 **Fast mode** (``plan`` + ``projections``): the flat index range is cut into blocks of ``block``
@@ -250,22 +250,22 @@ def decide(j: Judgement, m: torch.Tensor, fr: Full, flat_idx: list, sample: Call
     ``sample(s, idx)`` returns the central differences of elements ``idx`` at the s-th seeded nearby
     point.  Each lies on one piece next to x, so the sampled values are the element's gradient on
     those pieces.  If they never leave [lo, hi], only the two pieces of a single kink were seen and the
-    interval rule stands.  If they do, several kinks meet: the valid values are sums over subsets of
-    the tied terms, whose extremes are rarely sampled, so the element passes inside the sampled hull
-    widened by half its width.  Sampling stops for an element once it passes (at most ``max_samples``).
+    interval rule stands.  If they do, several kinks meet: the valid values include sums over subsets
+    of the tied terms, and the element passes inside the hull of the interval and the sampled pieces
+    (a value no sampled piece reaches fails: rarely sampled extreme pieces may then false-alarm, which
+    the note makes visible; autograd, with reference="both", decides torch's own convention).  Sampling stops for an element once it passes, after 8 samples that show
+    no second kink (the interval rule stands), or after ``max_samples``.
     """
     m = m.detach().to("cpu", torch.float64).reshape(-1)
     lo0, hi0 = fr.lo.reshape(-1), fr.hi.reshape(-1)
     err, bad = j.err.reshape(-1).clone(), j.bad.reshape(-1).clone()
     allowed = j.allowed.reshape(-1)
+    tie = fr.tie.reshape(-1)
     a = {i: float(lo0[i]) for i in flat_idx}
     b = {i: float(hi0[i]) for i in flat_idx}
 
     def verdict(i):
-        w = b[i] - a[i]
-        multi = w > float(hi0[i] - lo0[i]) + float(allowed[i])
-        pad = 0.5 * w if multi else 0.0
-        return max(a[i] - pad - float(m[i]), float(m[i]) - b[i] - pad, 0.0)
+        return max(a[i] - float(m[i]), float(m[i]) - b[i], 0.0)
 
     remaining = list(flat_idx)
     for s in range(max_samples):
@@ -275,7 +275,8 @@ def decide(j: Judgement, m: torch.Tensor, fr: Full, flat_idx: list, sample: Call
         for i, v in zip(remaining, vals.tolist()):
             if math.isfinite(v):
                 a[i], b[i] = min(a[i], v), max(b[i], v)
-        remaining = [i for i in remaining if verdict(i) > float(allowed[i])]
+        remaining = [i for i in remaining if verdict(i) > float(allowed[i])
+                     and (s < 7 or tie[i] or b[i] - a[i] > float(hi0[i] - lo0[i]) + float(allowed[i]))]
     hull = outside = 0
     for i in flat_idx:
         e = verdict(i)

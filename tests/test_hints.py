@@ -158,3 +158,44 @@ def test_unrecognised_pattern_says_so():
     r = _r(5, 5)
     m = _r(5, 5, seed=7)
     assert "no recognised pattern" in diagnose("x", m, r, _bad(m, r))
+
+
+# -- issue 9: the missing classes, and kinks that are a convention ----------------------------------------
+
+@pytest.mark.parametrize("make,words", [
+    (lambda r: r.roll(1, 1), "rolled by 1 along dim 1"),
+    (lambda r: r.roll(-2, 0), "rolled by -2 along dim 0"),
+    (lambda r: r.flip(1), "flipped along dim 1 only"),
+    (lambda r: r + 0.25, "constant offset"),
+    (lambda r: 1.001 * r, "constant factor: manual = 1.001"),
+])
+def test_synthetic_new_classes(make, words):
+    r = _r(6, 7)
+    m = make(r)
+    assert words in diagnose("x", m, r, _bad(m, r))
+
+
+def test_flip_of_one_short_spatial_axis_is_not_called_padding():
+    r = _r(2, 3, 2, 5)
+    m = r.flip(2)
+    assert "flipped along dim 2 only" in diagnose("x", m, r, _bad(m, r))
+
+
+def test_dropped_leaky_slope_is_named():
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    G = torch.randn(5, 6, dtype=torch.float64)
+    rep = check(lambda x, G: (F.leaky_relu(x, 0.1) * G).sum(), {"x": x, "G": G},
+                lambda x, G: {"x": G * (x > 0)}, wrt="x")
+    assert "negative slope dropped" in _hint(rep, "x")
+
+
+def test_relu_one_at_zero_is_named_a_valid_subgradient_and_worst_index_stays_right():
+    inputs = P.relu_inputs()
+    rep = check(P.relu_loss, inputs, lambda x, G: {"x": G * (x >= 0)}, wrt="x")
+    r = [r for r in rep.results if r.name == "x"][0]
+    n0 = int((inputs["x"] == 0).sum())
+    assert f"all {n0} mismatches sit on ReLU inputs exactly 0" in r.hint and "valid subgradient" in r.hint
+    assert float(inputs["x"][r.worst_index]) == 0.0
+    # a real bug at the same places is not excused
+    rep = check(P.relu_loss, inputs, lambda x, G: {"x": G * (x > 0) + 3.0 * (x == 0)}, wrt="x")
+    assert "valid subgradient" not in _hint(rep, "x")

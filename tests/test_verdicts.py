@@ -314,3 +314,37 @@ def test_baseline_passes_a_kernel_as_accurate_as_autograd_and_fails_a_worse_one(
     assert not _by(bad, "a", "autograd").ok and _by(bad, "b", "autograd").ok, str(bad)
     with pytest.raises(E.InvalidParameterError):
         check(loss, inputs, manual, baseline=-1)
+
+
+# -- the mutation audit, lean (benchmarks/audit.py runs every rule and sample) ---------------------------
+
+_AUDIT_RULES = ["relu", "abs", "max_pool2d", "threshold", "softplus", "median", "kthvalue", "smooth_l1_loss",
+                "hardtanh", "leaky_relu", "clamp", "conv2d", "cross_entropy", "layer_norm", "amax",
+                "unfold_conv2d_custom"]
+
+
+def _kinky(sample) -> bool:
+    return any(w in sample.name for w in ("tie", "zero", "kink", "edge", "bound", "int"))
+
+
+@pytest.mark.parametrize("rule", _AUDIT_RULES)
+def test_mutation_audit_lean(rule, monkeypatch):
+    from benchmarks import audit
+    from gradcheck_kit.manual import registry
+
+    samples = registry.get(rule).samples()
+    pick = {samples[0].name} | set([s.name for s in samples if _kinky(s)][:1])
+    monkeypatch.setattr(registry.Rule, "samples",
+                        lambda self, device="cpu", dtype=torch.float64, _orig=registry.Rule.samples:
+                        [s for s in _orig(self, device, dtype) if s.name in pick])
+    rows = audit.audit_rule(rule, ("float64", "float32"), ("autograd", "fd"),
+                            ("sign", "one_element", "roll", "mask_dropped"))
+    bad = [r for r in rows if r["outcome"] not in ("caught", "pass", "valid_subgradient")]
+    assert not bad, bad
+    # a mutant finite differences must accept (a valid subgradient at a tie) is still caught by autograd
+    for r in rows:
+        if r["outcome"] == "valid_subgradient":
+            twin = [q for q in rows if q["reference"] == "autograd" and
+                    (q["sample"], q["dtype"], q["mutation"]) == (r["sample"], r["dtype"], r["mutation"])]
+            assert twin and twin[0]["outcome"] == "caught", r
+    assert any(r["outcome"] == "caught" for r in rows) and any(r["outcome"] == "pass" for r in rows)

@@ -27,6 +27,7 @@ from gradcheck_kit import _fd
 from gradcheck_kit._check_errors import FiniteDifferenceTooLargeError, NonFiniteReferenceError
 from gradcheck_kit._diff import _Cmp, _compare, _result
 from gradcheck_kit._session import _check_finite, _loss_out
+from gradcheck_kit.errors import GradcheckKitError
 from gradcheck_kit.report import Result, _fmt
 
 __all__ = ["FiniteDifferenceReference"]
@@ -74,7 +75,7 @@ class FiniteDifferenceReference:
         x = _Point(run, tensors, "x")
         first = self._at_point(run, subject.grads, x, modes, gen, per_eval, decide_multiway=True)
         results = [r for r, _ in first]
-        if any(flag for _, flag in first):  # a kink, tie or kinked projection at x: check again off the kinks
+        if any(flag and r.ok for r, flag in first):  # a kink, tie or kinked projection at x passed: check off the kinks
             results = self._recheck(run, subject, first, modes, per_eval)
         for r in results:
             r.subject, r.nondeterminism = subject.kind, subject.nondet.get(r.name)
@@ -106,7 +107,12 @@ class FiniteDifferenceReference:
         j = _fd.judge(m, fr, atol, rtol)
         undecided = j.undecided.reshape(-1).nonzero().flatten().tolist()
         capped = 0
-        if undecided and decide_multiway:
+        skipped = 0
+        if undecided and decide_multiway and bool(j.bad.any()):
+            # already failing on smooth elements: the verdict stands; the kink elements stay undecided (failing)
+            skipped = len(undecided)
+            j.bad = j.bad | j.undecided
+        elif undecided and decide_multiway:
             rest = undecided[_MAX_UNDECIDED:]
             capped, undecided = len(rest), undecided[:_MAX_UNDECIDED]
             def sample(s, idx):
@@ -129,15 +135,17 @@ class FiniteDifferenceReference:
         res = _result(n, run.dev, m.dtype, m.shape, cmp, atol, rtol, reference="finite-difference",
                       fd_mode="full", fd_evaluations=fr.evaluations, kinks=k)
         res.ties, res.jumps = int(fr.tie.sum()), int(fr.jump.sum())
-        res.kinks_inside, res.kinks_hull, res.kinks_outside = j.inside, j.hull, j.outside + capped
+        res.kinks_inside, res.kinks_hull, res.kinks_outside = j.inside, j.hull, j.outside + capped + skipped
         res.point, res.worst_err = pt.label, worst_err
         notes = []
         if k or nt:
             notes.append(f"at {pt.label}: {k} kink element(s)" + (f" ({res.jumps} at a jump)" if res.jumps else "")
                          + (f", {nt} other tied element(s)" if nt else "")
                          + f": {j.inside} inside their one-sided interval, {j.hull} outside it but inside the hull "
-                           f"of nearby pieces' gradients (several kinks meet), {j.outside + capped} outside both"
-                         + (f" ({capped} not sampled, counted as failing)" if capped else ""))
+                           f"of nearby pieces' gradients (several kinks meet), {j.outside + capped + skipped} outside both"
+                         + (f" ({capped} not sampled, counted as failing)" if capped else "")
+                         + (f"; {skipped} outside their interval were not sampled further (the input already "
+                            f"fails elsewhere)" if skipped else ""))
         if fr.one_sided:
             notes.append(f"{fr.one_sided} element(s) at the edge of the loss's domain took one-sided differences")
         res.note = "; ".join(notes) or None
@@ -209,6 +217,19 @@ class FiniteDifferenceReference:
         near_work = _fd.perturb(run.work, _floating(run.work), g)
         try:
             grads = run.subject_grads_at(near_work)
+        except GradcheckKitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the subject itself fails near x: that is a failure
+            out = []
+            for r, flag in first:
+                if flag:
+                    r.ok, r.rechecked, r.recheck_ok = False, True, False
+                    r.note = ((r.note + "; ") if r.note else "") + (
+                        f"the {subject.kind} gradient could not be computed at a seeded nearby point x' "
+                        f"({type(e).__name__}: {e}), so the values at the kinks cannot be confirmed")
+                out.append(r)
+            return out
+        try:
             pt = _Point(run, _contig64(near_work), "x'")
             if not math.isfinite(pt.f0):
                 raise ValueError(f"the loss is {pt.f0} there")
