@@ -163,7 +163,7 @@ def nodes_table(nodes: Iterable[Any]):
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="per operation (first wrong one first)", title_justify="left")
+    table = Table(title="per operation, in forward order (--localize)", title_justify="left")
     for col in ("op", "where", "verdict", "max abs err", "max rel err", "worst index", "hint"):
         table.add_column(col, justify="right" if col.startswith("max") else "left",
                          overflow="fold" if col in ("where", "hint") else "ellipsis")
