@@ -74,7 +74,8 @@ def relu_symbolic(input, inplace=False):
     return _sym(_symbolic.relu_piece, input)
 
 
-@register("relu", torch_fn=F.relu, tensor_args=("input",), samples=relu_samples, symbolic=relu_symbolic)
+@register("relu", torch_fn=F.relu, tensor_args=("input",), samples=relu_samples, symbolic=relu_symbolic,
+          aliases=(torch.relu, torch.Tensor.relu))
 def relu_backward(grad_output, input, *, needs_input_grad, inplace=False):
     """dL/dx = g * 1[not x <= 0]: relu'(0) = 0, and at x = NaN the gradient passes through, as torch."""
     _no_inplace("relu", inplace)
@@ -128,7 +129,7 @@ def threshold_symbolic(input, threshold, value, inplace=False):
 
 
 @register("threshold", torch_fn=F.threshold, tensor_args=("input",), samples=threshold_samples,
-          symbolic=threshold_symbolic)
+          symbolic=threshold_symbolic, aliases=(torch.threshold,))
 def threshold_backward(grad_output, input, *, needs_input_grad, threshold, value, inplace=False):
     """y = x if x > threshold else value: dL/dx = g * 1[not x <= threshold] (0 at x == threshold,
     g at x = NaN, as torch)."""
@@ -214,8 +215,9 @@ def gelu_samples(device, dtype):
         kw = {} if approx == "none" else {"approximate": approx}
         yield Sample((_with_points(mk, (3, 4), [0.0, -3.0, 3.0], scale=2.0),), kw, f"gelu[{approx}]")
         yield Sample((mk.randn(()),), {"approximate": approx}, f"gelu[{approx},scalar]")
-        yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {"approximate": approx}, f"gelu[{approx},nan,inf]")
     yield Sample((mk.noncontiguous(mk.randn(2, 3)),), {}, "gelu[noncontig]")
+    for approx in ("none", "tanh"):
+        yield Sample((_with_points(mk, (2, 3), _NONFINITE),), {"approximate": approx}, f"gelu[{approx},nan,inf]")
 
 
 def gelu_symbolic(input, approximate="none"):
@@ -263,7 +265,7 @@ def sigmoid_symbolic(input):
 
 
 @register("sigmoid", torch_fn=torch.sigmoid, tensor_args=("input",), samples=_smooth_samples("sigmoid"),
-          symbolic=sigmoid_symbolic)
+          symbolic=sigmoid_symbolic, aliases=(F.sigmoid, torch.Tensor.sigmoid, torch.special.expit))
 def sigmoid_backward(grad_output, input, *, needs_input_grad):
     """dL/dx = g * y (1 - y), y = sigmoid(x)."""
     if not needs_input_grad[0]:
@@ -277,7 +279,7 @@ def tanh_symbolic(input):
 
 
 @register("tanh", torch_fn=torch.tanh, tensor_args=("input",), samples=_smooth_samples("tanh"),
-          symbolic=tanh_symbolic)
+          symbolic=tanh_symbolic, aliases=(F.tanh, torch.Tensor.tanh))
 def tanh_backward(grad_output, input, *, needs_input_grad):
     """dL/dx = g * (1 - y^2), y = tanh(x)."""
     if not needs_input_grad[0]:

@@ -93,7 +93,7 @@ def _binary_table(mk: Maker, positive_other: bool = False):
     yield mk.randn(3, 4), (2.5 if positive_other else -1.5), "3x4,number"
 
 
-def _unary(name, torch_fn, symbolic_fn, derivative, doc, sample_fn):
+def _unary(name, torch_fn, symbolic_fn, derivative, doc, sample_fn, aliases=()):
     """Register an elementwise ``y = f(x)`` whose backward is ``g * f'(x)``."""
 
     def symbolic(input):
@@ -107,7 +107,8 @@ def _unary(name, torch_fn, symbolic_fn, derivative, doc, sample_fn):
     backward.__doc__ = doc
     backward.__name__ = f"{name}_backward"
     symbolic.__name__ = f"{name}_symbolic"
-    register(name, torch_fn=torch_fn, tensor_args=("input",), samples=sample_fn, symbolic=symbolic)(backward)
+    register(name, torch_fn=torch_fn, tensor_args=("input",), samples=sample_fn, symbolic=symbolic,
+             aliases=aliases)(backward)
     return backward
 
 
@@ -141,7 +142,7 @@ def add_symbolic(input, other, alpha=1):
 
 
 @register("add", torch_fn=torch.add, tensor_args=("input", "other"), samples=_add_samples("add"),
-          symbolic=add_symbolic)
+          symbolic=add_symbolic, aliases=(torch.Tensor.add, torch.Tensor.__add__))
 def add_backward(grad_output, input, other, *, needs_input_grad, alpha=1):
     """y = x + alpha o: dL/dx = unbroadcast(g), dL/do = unbroadcast(alpha g)."""
     gx = _to(grad_output, input) if needs_input_grad[0] else None
@@ -155,7 +156,7 @@ def sub_symbolic(input, other, alpha=1):
 
 
 @register("sub", torch_fn=torch.sub, tensor_args=("input", "other"), samples=_add_samples("sub"),
-          symbolic=sub_symbolic)
+          symbolic=sub_symbolic, aliases=(torch.subtract, torch.Tensor.sub, torch.Tensor.subtract, torch.Tensor.__sub__))
 def sub_backward(grad_output, input, other, *, needs_input_grad, alpha=1):
     """y = x - alpha o: dL/dx = unbroadcast(g), dL/do = unbroadcast(-alpha g)."""
     gx = _to(grad_output, input) if needs_input_grad[0] else None
@@ -177,7 +178,8 @@ def mul_symbolic(input, other):
     return _sym(lambda x, y: x * y, input, other)
 
 
-@register("mul", torch_fn=torch.mul, tensor_args=("input", "other"), samples=mul_samples, symbolic=mul_symbolic)
+@register("mul", torch_fn=torch.mul, tensor_args=("input", "other"), samples=mul_samples, symbolic=mul_symbolic,
+          aliases=(torch.multiply, torch.Tensor.mul, torch.Tensor.multiply, torch.Tensor.__mul__))
 def mul_backward(grad_output, input, other, *, needs_input_grad):
     """y = x o: dL/dx = unbroadcast(g o), dL/do = unbroadcast(g x)."""
     gx = _to(grad_output * other, input) if needs_input_grad[0] else None
@@ -206,7 +208,9 @@ def div_symbolic(input, other, rounding_mode=None):
     return _sym(lambda x, y: x / y, input, other)
 
 
-@register("div", torch_fn=torch.div, tensor_args=("input", "other"), samples=div_samples, symbolic=div_symbolic)
+@register("div", torch_fn=torch.div, tensor_args=("input", "other"), samples=div_samples, symbolic=div_symbolic,
+          aliases=(torch.divide, torch.true_divide, torch.Tensor.div, torch.Tensor.divide, torch.Tensor.true_divide,
+                   torch.Tensor.__truediv__))
 def div_backward(grad_output, input, other, *, needs_input_grad, rounding_mode=None):
     """y = x / o: dL/dx = unbroadcast(g / o), dL/do = unbroadcast(-g (x / o) / o).
     rounding_mode "trunc"/"floor": y is piecewise constant, so both gradients are 0, as torch."""
@@ -257,7 +261,7 @@ def _zero_like(grad_output):
 
 
 @register("pow", torch_fn=torch.pow, tensor_args=("input", "exponent"), samples=pow_samples,
-          symbolic=pow_symbolic)
+          symbolic=pow_symbolic, aliases=(torch.Tensor.pow, torch.Tensor.__pow__))
 def pow_backward(grad_output, input, exponent, *, needs_input_grad):
     """y = a^b: dL/da = g b a^(b-1) (0 where b == 0, also at a == 0: 0^0 = 1 is constant),
     dL/db = g a^b log a (0 where a == 0 and b >= 0), as torch."""
@@ -286,17 +290,18 @@ def pow_backward(grad_output, input, exponent, *, needs_input_grad):
 # -- exp, log, sin, cos, abs, sqrt --------------------------------------------------------
 
 _unary("exp", torch.exp, sympy.exp, torch.exp, "dL/dx = g e^x.",
-       _unary_samples("exp", lambda mk, s: mk.randn(s)))
+       _unary_samples("exp", lambda mk, s: mk.randn(s)), aliases=(torch.Tensor.exp,))
 _unary("log", torch.log, sympy.log, lambda x: 1.0 / x, "dL/dx = g / x.",
-       _unary_samples("log", lambda mk, s: mk.positive(s, low=0.2, high=3.0)))
+       _unary_samples("log", lambda mk, s: mk.positive(s, low=0.2, high=3.0)), aliases=(torch.Tensor.log,))
 _unary("sin", torch.sin, sympy.sin, torch.cos, "dL/dx = g cos x.",
-       _unary_samples("sin", lambda mk, s: mk.randn(s, scale=2.0)))
+       _unary_samples("sin", lambda mk, s: mk.randn(s, scale=2.0)), aliases=(torch.Tensor.sin,))
 _unary("cos", torch.cos, sympy.cos, lambda x: -torch.sin(x), "dL/dx = -g sin x.",
-       _unary_samples("cos", lambda mk, s: mk.randn(s, scale=2.0)))
+       _unary_samples("cos", lambda mk, s: mk.randn(s, scale=2.0)), aliases=(torch.Tensor.cos,))
 _unary("abs", torch.abs, sympy.Abs, torch.sgn, "dL/dx = g sign(x), sign(0) = 0 as torch.",
-       _unary_samples("abs", lambda mk, s: mk.integers(*s) if s else mk.randn(s)))
+       _unary_samples("abs", lambda mk, s: mk.integers(*s) if s else mk.randn(s)),
+       aliases=(torch.absolute, torch.Tensor.abs, torch.Tensor.absolute))
 _unary("sqrt", torch.sqrt, sympy.sqrt, lambda x: 0.5 / torch.sqrt(x), "dL/dx = g / (2 sqrt(x)).",
-       _unary_samples("sqrt", lambda mk, s: mk.positive(s, low=0.2, high=3.0)))
+       _unary_samples("sqrt", lambda mk, s: mk.positive(s, low=0.2, high=3.0)), aliases=(torch.Tensor.sqrt,))
 
 
 # -- sum, mean ----------------------------------------------------------------------------
@@ -330,7 +335,7 @@ def sum_symbolic(input, dim=None, keepdim=False, dtype=None):
 
 
 @register("sum", torch_fn=torch.sum, tensor_args=("input",), samples=_reduction_samples("sum"),
-          symbolic=sum_symbolic)
+          symbolic=sum_symbolic, aliases=(torch.Tensor.sum,))
 def sum_backward(grad_output, input, *, needs_input_grad, dim=None, keepdim=False, dtype=None):
     """y = sum_dims x: dL/dx = g broadcast back over the reduced dims."""
     if not needs_input_grad[0]:
@@ -347,7 +352,7 @@ def mean_symbolic(input, dim=None, keepdim=False, dtype=None):
 
 
 @register("mean", torch_fn=torch.mean, tensor_args=("input",), samples=_reduction_samples("mean"),
-          symbolic=mean_symbolic)
+          symbolic=mean_symbolic, aliases=(torch.Tensor.mean,))
 def mean_backward(grad_output, input, *, needs_input_grad, dim=None, keepdim=False, dtype=None):
     """y = sum_dims x / n: dL/dx = g / n broadcast back over the reduced dims."""
     if not needs_input_grad[0]:
@@ -433,7 +438,8 @@ def norm_symbolic(input, p="fro", dim=None, keepdim=False, out=None, dtype=None)
     return res
 
 
-@register("norm", torch_fn=torch.norm, tensor_args=("input",), samples=norm_samples, symbolic=norm_symbolic)
+@register("norm", torch_fn=torch.norm, tensor_args=("input",), samples=norm_samples, symbolic=norm_symbolic,
+          aliases=(torch.Tensor.norm,))
 def norm_backward(grad_output, input, *, needs_input_grad, p="fro", dim=None, keepdim=False, out=None,
                   dtype=None):
     """n = (sum |x|^p)^(1/p) over dims: dL/dx = g sign(x) |x|^(p-1) / n^(p-1), 0 where n == 0.
@@ -504,7 +510,8 @@ def dot_symbolic(input, other):
     return np.array(sympy.Add(*[x * y for x, y in zip(a.flat, b.flat)]), dtype=object)
 
 
-@register("dot", torch_fn=torch.dot, tensor_args=("input", "other"), samples=dot_samples, symbolic=dot_symbolic)
+@register("dot", torch_fn=torch.dot, tensor_args=("input", "other"), samples=dot_samples, symbolic=dot_symbolic,
+          aliases=(torch.Tensor.dot,))
 def dot_backward(grad_output, input, other, *, needs_input_grad):
     """y = sum_i x_i o_i: dL/dx = g o, dL/do = g x."""
     gx = grad_output * other if needs_input_grad[0] else None

@@ -118,7 +118,7 @@ def _matmul_symbolic(input, other):
 
 
 @register("matmul", torch_fn=torch.matmul, tensor_args=("input", "other"), samples=matmul_samples,
-          symbolic=_matmul_symbolic)
+          symbolic=_matmul_symbolic, aliases=(torch.Tensor.matmul, torch.Tensor.__matmul__))
 def matmul_backward(grad_output, input, other, *, needs_input_grad):
     """Y = A B: dL/dA = unbroadcast(G B^T), dL/dB = unbroadcast(A^T G); 1-d operands promoted as torch."""
     return _matmul_grads(grad_output, input, other, needs_input_grad)
@@ -135,7 +135,8 @@ def mm_symbolic(input, mat2):
     return _matmul_symbolic(input, mat2)
 
 
-@register("mm", torch_fn=torch.mm, tensor_args=("input", "mat2"), samples=mm_samples, symbolic=mm_symbolic)
+@register("mm", torch_fn=torch.mm, tensor_args=("input", "mat2"), samples=mm_samples, symbolic=mm_symbolic,
+          aliases=(torch.Tensor.mm,))
 def mm_backward(grad_output, input, mat2, *, needs_input_grad):
     """Y = A B: dL/dA = G B^T, dL/dB = A^T G."""
     if input.dim() != 2 or mat2.dim() != 2:
@@ -157,7 +158,8 @@ def bmm_symbolic(input, mat2):
     return _matmul_symbolic(input, mat2)
 
 
-@register("bmm", torch_fn=torch.bmm, tensor_args=("input", "mat2"), samples=bmm_samples, symbolic=bmm_symbolic)
+@register("bmm", torch_fn=torch.bmm, tensor_args=("input", "mat2"), samples=bmm_samples, symbolic=bmm_symbolic,
+          aliases=(torch.Tensor.bmm,))
 def bmm_backward(grad_output, input, mat2, *, needs_input_grad):
     """Y_b = A_b B_b: dL/dA_b = G_b B_b^T, dL/dB_b = A_b^T G_b."""
     if input.dim() != 3 or mat2.dim() != 3:

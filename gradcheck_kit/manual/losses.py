@@ -556,7 +556,7 @@ def softmax_symbolic(input, dim=None, _stacklevel=3, dtype=None):
 
 
 @register("softmax", torch_fn=F.softmax, tensor_args=("input",), samples=_softmax_samples("softmax"),
-          symbolic=softmax_symbolic)
+          symbolic=softmax_symbolic, aliases=(torch.softmax, torch.Tensor.softmax, torch.special.softmax))
 def softmax_backward(grad_output, input, *, needs_input_grad, dim=None, _stacklevel=3, dtype=None):
     """y = softmax(x): dL/dx = y (g - sum_dim(g y))."""
     dim = _softmax_dim(input, dim)
@@ -570,7 +570,8 @@ def log_softmax_symbolic(input, dim=None, _stacklevel=3, dtype=None):
 
 
 @register("log_softmax", torch_fn=F.log_softmax, tensor_args=("input",), samples=_softmax_samples("log_softmax"),
-          symbolic=log_softmax_symbolic)
+          symbolic=log_softmax_symbolic,
+          aliases=(torch.log_softmax, torch.Tensor.log_softmax, torch.special.log_softmax))
 def log_softmax_backward(grad_output, input, *, needs_input_grad, dim=None, _stacklevel=3, dtype=None):
     """y = log_softmax(x): dL/dx = g - softmax(x) sum_dim(g)."""
     dim = _softmax_dim(input, dim)
@@ -767,6 +768,7 @@ def cross_entropy_backward(grad_output, input, target, weight=None, *, needs_inp
 # kl_div
 # ---------------------------------------------------------------------------
 #
+# (torch.kl_div is not an alias: it takes the reduction as an integer enum, F.kl_div as a string.)
 # torch's composite: loss = xlogy(t, t) - t x  (log_target=False),  exp(t) (t - x)  (log_target=True),
 # reduced by none / sum / mean (numel of the broadcast loss) / batchmean (sum / input.size(0)).
 #
@@ -806,7 +808,7 @@ def kl_div_symbolic(input, target, size_average=None, reduce=None, reduction="me
 
 
 @register("kl_div", torch_fn=F.kl_div, tensor_args=("input", "target"), samples=_kl_samples,
-          symbolic=kl_div_symbolic, aliases=(torch.kl_div,))
+          symbolic=kl_div_symbolic)
 def kl_div_backward(grad_output, input, target, *, needs_input_grad, size_average=None, reduce=None,
                     reduction="mean", log_target=False):
     """loss = t (log t - x) (or e^t (t - x) with log_target): dL/dx = -gl t (-gl e^t),

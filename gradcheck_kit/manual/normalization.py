@@ -43,6 +43,8 @@ from gradcheck_kit.manual.registry import Sample, register
 def _sym_normalize(x: np.ndarray, axes: tuple[int, ...], eps) -> np.ndarray:
     # var = mean(x^2) - mean(x)^2: equal in exact arithmetic to mean((x - mu)^2), O(M) terms, not O(M^2)
     m = int(np.prod([x.shape[a] for a in axes]))
+    if x.size == 0:  # an empty batch: nothing to normalise
+        return x.copy()
     mu = x.sum(axis=axes, keepdims=True) / m
     var = (x * x).sum(axis=axes, keepdims=True) / m - mu * mu
     return (x - mu) / np.vectorize(lambda v: sympy.sqrt(v + eps), otypes=[object])(var)

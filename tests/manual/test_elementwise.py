@@ -140,10 +140,12 @@ def test_reductions_against_autograd(name, kw):
 def test_bad_input_names_the_parameter():
     x = t(1.0, 2.0)
     g = torch.ones(2, dtype=f64)
-    with pytest.raises(UnsupportedError, match="rounding_mode"):
-        manual.get("div").backward(g, x, x, rounding_mode="floor")
-    with pytest.raises(UnsupportedError, match="nuc"):
-        manual.get("norm").backward(t(1.0)[0], x.view(1, 2), p="nuc")
+    with pytest.raises(InvalidParameterError, match="rounding_mode"):
+        manual.get("div").backward(g, x, x, rounding_mode="round")
+    with pytest.raises(InvalidParameterError, match="nuc"):
+        manual.get("norm").backward(t(1.0)[0], x, p="nuc")  # a 1-d input has no matrix norm
+    with pytest.raises(InvalidParameterError, match="2-tuple"):
+        manual.get("norm").backward(t(1.0)[0], x.view(1, 2), p="nuc", dim=1)
     with pytest.raises(InvalidParameterError, match="p must be"):
         manual.get("norm").backward(t(1.0)[0], x, p="max")
     with pytest.raises(UnsupportedError, match="dtype"):
@@ -189,3 +191,36 @@ def test_cuda_float64(name):
     for s in rule.samples(device="cuda", dtype=f64):
         check_backward(rule, s.args, s.kwargs)
         check_double_backward(rule, s.args, s.kwargs)
+
+
+# -- issue 10: valid calls that used to be rejected -------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["trunc", "floor"])
+def test_div_with_rounding_mode_has_zero_gradient_as_torch(mode):
+    gen = torch.Generator().manual_seed(4)
+    x, o = torch.randn(3, 4, dtype=f64, generator=gen) * 3, torch.randn(4, dtype=f64, generator=gen)
+    gx, go = check_backward(manual.get("div"), (x, o), {"rounding_mode": mode})
+    assert not gx.any() and not go.any() and go.shape == o.shape
+
+
+@pytest.mark.parametrize("kw", [{}, {"dim": (1, 2)}, {"dim": (2, 0), "keepdim": True}])
+def test_nuclear_norm_matches_autograd(kw):
+    x = torch.randn(3, 4, dtype=f64, generator=torch.Generator().manual_seed(5))
+    if kw:
+        x = torch.randn(2, 3, 4, dtype=f64, generator=torch.Generator().manual_seed(6))
+    rule = manual.get("norm")
+    check_backward(rule, (x,), {"p": "nuc", **kw})
+    check_double_backward(rule, (x,), {"p": "nuc", **kw})
+
+
+def test_method_spellings_map_onto_the_rules():
+    from gradcheck_kit.manual import registry
+
+    for fn, name in [(torch.Tensor.exp, "exp"), (torch.Tensor.__add__, "add"), (torch.Tensor.__mul__, "mul"),
+                     (torch.Tensor.__sub__, "sub"), (torch.Tensor.__truediv__, "div"), (torch.Tensor.__pow__, "pow"),
+                     (torch.Tensor.__matmul__, "matmul"), (torch.Tensor.sum, "sum"), (torch.Tensor.abs, "abs"),
+                     (torch.relu, "relu"), (torch.Tensor.sigmoid, "sigmoid"), (torch.softmax, "softmax")]:
+        assert registry.for_callable(fn) is manual.get(name), fn
+    # reflected operators take their arguments the other way round: never aliases
+    assert registry.for_callable(torch.Tensor.__rsub__) is None
+    assert registry.for_callable(torch.Tensor.__rtruediv__) is None
