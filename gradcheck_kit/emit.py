@@ -440,6 +440,10 @@ def _bw_pow(b, n, g):
     if p == 1:
         return {"input": (g, "d(x^1)/dx = 1")}
     power = "x" if p == 2 else f"x^{_num(p - 1)}"
+    if isinstance(g, _Const) and g.c != 1:   # the constant cotangent is folded in: say so
+        coef = g.c * p
+        return {"input": (b.times(g, base, p), f"{_num(g.c)} d(x^{_num(p)})/dx = "
+                          + (power if coef == 1 else f"{_num(coef)} {power}"))}
     return {"input": (b.times(g, base, p), f"d(x^{_num(p)})/dx = {_num(p)} {power}")}
 
 
@@ -783,15 +787,20 @@ def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
         strides = [math.prod(padded[i + 1:]) for i in range(dims)]
         import itertools
         offs = tuple(sum(t * s for t, s in zip(tap, strides)) for tap in itertools.product(*(range(k) for k in K)))
-        xf, gf = b.tmp(f"{xn}_flat"), b.tmp(f"{g}_flat")
-        b.line(f"{xf} = F.pad({xn}, {_tup(flat_x)}).reshape({nb}, {c_in}, -1)",
-               f"{xn} zero-padded (+1 spare row), flat per channel: {_shape((nb, c_in, math.prod(padded)))}")
+        # the rule's sum, with x padded straight into channels-last rows ([N, positions, C]): each
+        # tap's operand is then a contiguous block of rows, which the GEMM reads faster than the
+        # rule's transposed flat view (measured: benchmarks/emit_bench.py, docs/emit.md)
+        xr, gf = b.tmp(f"{xn}_rows"), b.tmp(f"{g}_flat")
+        perm = (0,) + tuple(range(2, dims + 2)) + (1,)
+        b.line(f"{xr} = F.pad({xn}.permute{_tup(perm)}, {_tup((0, 0) + flat_x)}).reshape({nb}, -1, {c_in})",
+               f"{xn} zero-padded (+1 spare row), one row of channels per position: "
+               f"{_shape((nb, math.prod(padded), c_in))}")
         gsrc = f"F.pad({g}, {_tup(flat_g)})" if any(flat_g) else g
         b.line(f"{gf} = {gsrc}.reshape({nb}, {c_out}, {span})",
                "g zero-padded to the padded width (cancels the wrap-around), flat")
-        b.line(f"{gw_name} = torch.stack([torch.bmm({gf}, {xf}[:, :, off:off + {span}].transpose(1, 2)).sum(0)\n"
+        b.line(f"{gw_name} = torch.stack([torch.bmm({gf}, {xr}[:, off:off + {span}]).sum(0)\n"
                f"    for off in {_tup(offs)}], dim=-1).view({c_out}, {c_in}, {ks})",
-               f"{_shape((c_out, c_in) + K)}  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, :, tap + j]^T, one GEMM per tap")
+               f"{_shape((c_out, c_in) + K)}  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, tap + j, :], one GEMM per tap")
         return
     # swapped_conv: dL/dw = conv(x^T, g^T, stride=dilation, dilation=stride)^T, cropped to the kernel
     pad_src, kpad = "", tuple(lo for lo, _ in geo.pads)
@@ -1341,11 +1350,15 @@ def backward_source(loss: Callable, inputs: Mapping[str, torch.Tensor], wrt: Seq
 
 
 def _header(label: str, rec: _Recording, wrt: tuple) -> str:
+    import textwrap
+
     shapes = ", ".join(f"{k} {_shape(v.shape)}" for k, v in rec.inputs.items())
     grads = ", ".join(f'"{k}": dL/d{k}' for k in wrt)
+    written = textwrap.fill(f"Written for inputs shaped {shapes}; the literals below (shapes, paddings) depend "
+                            f"on them, so re-emit for other shapes.", width=96)
     return (f'"""Explicit backward of {label}, written out by gradcheck-kit emit.\n\n'
             f"    loss_and_grads(**inputs) -> (loss, {{{grads}}})\n\n"
-            f"For inputs shaped {shapes} (the literals below depend on them; re-emit for others).\n"
+            f"{written}\n\n"
             f"Every line is a public, differentiable torch op, so these gradients can be differentiated\n"
             f"again.  Checked against autograd (float64, first and second order) before it was written.\n"
             f'"""\n'

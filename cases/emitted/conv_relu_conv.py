@@ -2,7 +2,10 @@
 
     loss_and_grads(**inputs) -> (loss, {"x": dL/dx, "w1": dL/dw1, "w2": dL/dw2})
 
-For inputs shaped x [2, 4, 64, 64], w1 [4, 4, 3, 3], w2 [1, 4, 3, 3], k [8, 1, 32, 32], y [2, 8, 2, 2] (the literals below depend on them; re-emit for others).
+Written for inputs shaped x [2, 4, 64, 64], w1 [4, 4, 3, 3], w2 [1, 4, 3, 3], k [8, 1, 32, 32],
+y [2, 8, 2, 2]; the literals below (shapes, paddings) depend on them, so re-emit for other
+shapes.
+
 Every line is a public, differentiable torch op, so these gradients can be differentiated
 again.  Checked against autograd (float64, first and second order) before it was written.
 """
@@ -23,18 +26,18 @@ def loss_and_grads(x, w1, w2, k, y):
     loss = losses.sum()                                     # []  a non-scalar loss is summed
 
     # backward: g_v = dL/dv, in reverse order
-    g_z2 = z2                                               # [2, 8, 2, 2]  d(x^2)/dx = 2 x
+    g_z2 = z2                                               # [2, 8, 2, 2]  0.5 d(x^2)/dx = x
     # g_z1 is g_z2: d(a - b)/da = 1
     g_z_3 = F.conv_transpose2d(g_z2, k, stride=32)          # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
-    z_2_flat = F.pad(z_2, (1, 1, 1, 2)).reshape(2, 4, -1)   # z_2 zero-padded (+1 spare row), flat per channel: [2, 4, 4422]
+    z_2_rows = F.pad(z_2.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # z_2 zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_3_flat = F.pad(g_z_3, (0, 2)).reshape(2, 1, 4224)   # g zero-padded to the padded width (cancels the wrap-around), flat
-    g_w2 = torch.stack([torch.bmm(g_z_3_flat, z_2_flat[:, :, off:off + 4224].transpose(1, 2)).sum(0)
-        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, :, tap + j]^T, one GEMM per tap
+    g_w2 = torch.stack([torch.bmm(g_z_3_flat, z_2_rows[:, off:off + 4224]).sum(0)
+        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, tap + j, :], one GEMM per tap
     g_z_2 = F.conv_transpose2d(g_z_3, w2, padding=1)        # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     g_z = g_z_2 * (z > 0)                                   # [2, 4, 64, 64]  relu'(x) = 1[x > 0]  (0 at 0, as torch)
-    x_flat = F.pad(x, (1, 1, 1, 2)).reshape(2, 4, -1)       # x zero-padded (+1 spare row), flat per channel: [2, 4, 4422]
+    x_rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # x zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_flat = F.pad(g_z, (0, 2)).reshape(2, 4, 4224)       # g zero-padded to the padded width (cancels the wrap-around), flat
-    g_w1 = torch.stack([torch.bmm(g_z_flat, x_flat[:, :, off:off + 4224].transpose(1, 2)).sum(0)
-        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(4, 4, 3, 3)  # [4, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, :, tap + j]^T, one GEMM per tap
+    g_w1 = torch.stack([torch.bmm(g_z_flat, x_rows[:, off:off + 4224]).sum(0)
+        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(4, 4, 3, 3)  # [4, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, tap + j, :], one GEMM per tap
     g_x = F.conv_transpose2d(g_z, w1, padding=1)            # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     return loss, {"x": g_x, "w1": g_w1, "w2": g_w2}
