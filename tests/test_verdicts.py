@@ -348,3 +348,18 @@ def test_mutation_audit_lean(rule, monkeypatch):
                     (q["sample"], q["dtype"], q["mutation"]) == (r["sample"], r["dtype"], r["mutation"])]
             assert twin and twin[0]["outcome"] == "caught", r
     assert any(r["outcome"] == "caught" for r in rows) and any(r["outcome"] == "pass" for r in rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rule", _AUDIT_RULES)
+def test_no_false_alarm_with_both_and_double_backward(rule, dtype):
+    from gradcheck_kit.manual import registry
+    from gradcheck_kit.sweep import sample_check
+
+    r = registry.get(rule)
+    samples = [s for s in r.samples(dtype=dtype) if all(
+        bool(t.isfinite().all()) for t in (*s.args, *s.kwargs.values()) if isinstance(t, torch.Tensor)
+        and t.is_floating_point())]
+    for sample in [samples[0]] + [s for s in samples if _kinky(s)][:1]:
+        rep = sample_check(r, sample, reference="both", double_backward=True, diagnose=False)
+        assert rep.ok, f"{sample.name}: {rep}"
