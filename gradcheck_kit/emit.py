@@ -758,6 +758,21 @@ def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
     grp, K = geo.groups, geo.kernel
     form = conv.weight_grad_formulation(geo)
     ks = ", ".join(map(str, K))
+    if (dims == 2 and grp == 1 and geo.symmetric and all(s == 1 for s in geo.stride)
+            and all(d == 1 for d in geo.dilation) and all(k % 2 == 1 and lo == (k - 1) // 2
+                                                          for k, (lo, _) in zip(K, geo.pads))
+            and c_out * math.prod(K) <= c_in):
+        # few output channels (manual/composites._few_out_weight_grad): g's K x K neighbourhoods
+        # U = unfold(g) are smaller than x, so one GEMM reads x once instead of once per tap;
+        # sum_q x[c, q] U[o, K-1-k, q] = sum_p x_pad[c, p + k] g[o, p]: flip the taps back
+        win = b.tmp(f"{g}_win")
+        b.line(f"{win} = F.unfold({g}, {_same(K, dims)}, padding={_same(tuple(lo for lo, _ in geo.pads), dims)})",
+               f"{_shape((nb, c_out * math.prod(K), math.prod(out)))}  g's {'x'.join(map(str, K))} neighbourhoods "
+               f"(few output channels)")
+        b.line(f"{gw_name} = torch.bmm({xn}.reshape({nb}, {c_in}, {math.prod(L)}), {win}.transpose(1, 2)).sum(0)"
+               f".view({c_in}, {c_out}, {ks}).transpose(0, 1).flip(2, 3)",
+               f"{_shape((c_out, c_in) + K)}  dL/dw[o, c, k] = sum_(n, q) x[n, c, q] g_win[n, (o, K-1-k), q]")
+        return
     if form == "pointwise":
         sl = [f":{(o - 1) * s + 1}:{s}" if s != 1 else (":" if o == l else f":{o}")
               for o, s, l in zip(out, geo.stride, L)]
@@ -800,7 +815,8 @@ def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
                "g zero-padded to the padded width (cancels the wrap-around), flat")
         b.line(f"{gw_name} = torch.stack([torch.bmm({gf}, {xr}[:, off:off + {span}]).sum(0)\n"
                f"    for off in {_tup(offs)}], dim=-1).view({c_out}, {c_in}, {ks})",
-               f"{_shape((c_out, c_in) + K)}  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, tap + j, :], one GEMM per tap")
+               f"{_shape((c_out, c_in) + K)}  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, "
+               f"off = tap . {_tup(strides)}")
         return
     # swapped_conv: dL/dw = conv(x^T, g^T, stride=dilation, dilation=stride)^T, cropped to the kernel
     pad_src, kpad = "", tuple(lo for lo, _ in geo.pads)

@@ -43,6 +43,8 @@ SAMPLES = [
      dict(x=(2, 4, 8, 7), w=(4, 2, 3, 3))),
     ("conv2d[depthwise]", lambda x, w: F.conv2d(x, w, groups=3, padding=1).pow(2).sum(),
      dict(x=(1, 3, 5, 5), w=(6, 1, 3, 3))),
+    ("conv2d[few-out,unfold g]", lambda x, w: F.conv2d(F.relu(x), w, padding="same").pow(2).sum(),
+     dict(x=(2, 10, 5, 6), w=(1, 10, 3, 3))),
     ("conv2d[k1,s2]", lambda x, w: F.conv2d(x, w, stride=2).pow(2).sum(), dict(x=(2, 3, 5, 4), w=(2, 3, 1, 1))),
     ("conv2d[patches,crop]", lambda x, w: F.conv2d(x, w, stride=(3, 2)).pow(2).sum(),
      dict(x=(1, 2, 7, 5), w=(2, 2, 3, 2))),

@@ -32,12 +32,12 @@ def loss_and_grads(x, w1, w2, k, y):
     z_2_rows = F.pad(z_2.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # z_2 zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_3_flat = F.pad(g_z_3, (0, 2)).reshape(2, 1, 4224)   # g zero-padded to the padded width (cancels the wrap-around), flat
     g_w2 = torch.stack([torch.bmm(g_z_3_flat, z_2_rows[:, off:off + 4224]).sum(0)
-        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, tap + j, :], one GEMM per tap
+        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
     g_z_2 = F.conv_transpose2d(g_z_3, w2, padding=1)        # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     g_z = g_z_2 * (z > 0)                                   # [2, 4, 64, 64]  relu'(x) = 1[x > 0]  (0 at 0, as torch)
     x_rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # x zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_flat = F.pad(g_z, (0, 2)).reshape(2, 4, 4224)       # g zero-padded to the padded width (cancels the wrap-around), flat
     g_w1 = torch.stack([torch.bmm(g_z_flat, x_rows[:, off:off + 4224]).sum(0)
-        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(4, 4, 3, 3)  # [4, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, tap + j, :], one GEMM per tap
+        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(4, 4, 3, 3)  # [4, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
     g_x = F.conv_transpose2d(g_z, w1, padding=1)            # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     return loss, {"x": g_x, "w1": g_w1, "w2": g_w2}

@@ -29,6 +29,6 @@ def loss_and_grads(x, w1, k, y):
     x_rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # x zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_flat = F.pad(g_z, (0, 2)).reshape(2, 1, 4224)       # g zero-padded to the padded width (cancels the wrap-around), flat
     g_w1 = torch.stack([torch.bmm(g_z_flat, x_rows[:, off:off + 4224]).sum(0)
-        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, tap + j, :], one GEMM per tap
+        for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
     g_x = F.conv_transpose2d(g_z, w1, padding=1)            # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     return loss, {"x": g_x, "w1": g_w1}
