@@ -35,7 +35,9 @@ re-inserts the reduced dims of a result (``keepdim=False``) so it broadcasts aga
   ``std = sqrt(var)``: ``dL/dx = var'(g / (2 std))`` with ``g / (2 std)`` set to 0 where
   ``std == 0`` (torch: a constant input gets gradient 0, not NaN).
   ``var_mean``/``std_mean`` add the mean's ``r(g_mean) / N``.
-* ``clamp(x, lo, hi)``: ``dL/dx = g [lo <= x <= hi]`` (the boundary passes the gradient; NaN
+* ``clamp(x, lo, hi)`` (also ``clip``, and ``clamp_min(x, lo)``, whose second argument is
+  clamp's; ``clamp_max(x, hi)`` is not an alias: its second argument is ``hi``):
+  ``dL/dx = g [lo <= x <= hi]`` (the boundary passes the gradient; NaN
   gets 0).  Tensor bounds are differentiable: ``dL/dlo = g [x < lo and lo < hi]``,
   ``dL/dhi = g [x > hi or hi < lo]`` (with one bound: ``g [x < lo]``, ``g [x > hi]``), each
   summed down to the bound's shape.
@@ -683,7 +685,7 @@ def _bound(b):
 
 @register("clamp", torch_fn=torch.clamp, tensor_args=("input", "min", "max"), samples=clamp_samples,
           keyword_tensors=("min", "max"), symbolic=clamp_symbolic,
-          aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip))
+          aliases=(torch.clip, torch.Tensor.clamp, torch.Tensor.clip, torch.clamp_min, torch.Tensor.clamp_min))
 @expects("clamp", _broadcast)
 def clamp_backward(grad_output, input, min=None, max=None, *, needs_input_grad, needs_keyword_grad=None):
     """dL/dx = g [lo <= x <= hi]; dL/dlo = g [x < lo, lo < hi]; dL/dhi = g [x > hi or hi < lo]."""

@@ -183,3 +183,25 @@ def test_var_with_empty_dim_list_gives_the_true_gradient():
     for name in ("var", "std"):
         (mine,) = manual.get(name).backward(torch.ones((), dtype=torch.float64), x, dim=[])
         torch.testing.assert_close(mine, _autograd(manual.get(name).torch_fn, x), rtol=1e-12, atol=1e-12)
+
+
+REDUCTION_RULES = ["max", "min", "median", "kthvalue", "amax", "amin", "maximum", "minimum", "logsumexp", "cumsum",
+                   "cumprod", "var", "std", "clamp"]
+
+
+@pytest.mark.parametrize("name", REDUCTION_RULES)
+def test_every_alias_computes_what_the_rule_mirrors(name):
+    """torch.clip, Tensor.max, torch.special.logsumexp, ...: same call, same result as torch_fn."""
+    rule = manual.get(name)
+    for sample in rule.samples()[:4]:
+        if any(isinstance(v, torch.Tensor) for v in sample.kwargs.values()) and name == "clamp":
+            continue                                      # clamp_min takes no max=
+        ref = rule.torch_fn(*sample.args, **sample.kwargs)
+        for alias in rule.aliases:
+            if alias in (torch.clamp_min, torch.Tensor.clamp_min) and (
+                    len(sample.args) > 2 or "max" in sample.kwargs or (len(sample.args) < 2 and "min" not in
+                                                                       sample.kwargs)):
+                continue                                  # clamp_min(x, min) only
+            got = alias(*sample.args, **sample.kwargs)
+            for r, g in zip(ref if isinstance(ref, tuple) else (ref,), got if isinstance(got, tuple) else (got,)):
+                torch.testing.assert_close(g, r, rtol=0, atol=0, equal_nan=True, msg=f"{alias} on {sample.name}")
