@@ -84,7 +84,12 @@ def _finite(sample) -> bool:
                if isinstance(t, torch.Tensor) and t.is_floating_point())
 
 
-def audit_rule(name: str, dtypes, refs, mutations, max_samples=None, no_false_alarm=False) -> list[dict]:
+def _kinky(sample) -> bool:
+    return any(w in sample.name for w in ("tie", "zero", "kink", "edge", "bound", "int"))
+
+
+def audit_rule(name: str, dtypes, refs, mutations, max_samples=None, no_false_alarm=False,
+               kink_samples=False) -> list[dict]:
     """Rows {rule, sample, dtype, reference, mutation, outcome, kinks, jumps, seconds, error} for one rule."""
     torch.set_num_threads(1)
     from gradcheck_kit import check
@@ -96,7 +101,10 @@ def audit_rule(name: str, dtypes, refs, mutations, max_samples=None, no_false_al
     for dname in dtypes:
         dtype = DTYPES[dname]
         samples = [s for s in rule.samples(dtype=dtype) if _finite(s)]
-        for sample in samples[:max_samples]:
+        chosen = samples[:max_samples]
+        if kink_samples:  # plus the first sample made to sit on kinks or ties, if the rule has one
+            chosen += [s for s in samples[len(chosen):] if _kinky(s)][:1]
+        for sample in chosen:
             t = _target(rule, sample)
             if t is None:
                 continue
@@ -216,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--refs", default="autograd,fd")
     ap.add_argument("--mutations", default=",".join(MUTATIONS))
     ap.add_argument("--max-samples", type=int, default=None, help="samples per rule (default: all)")
+    ap.add_argument("--kink-samples", action="store_true",
+                    help="with --max-samples: add each rule's first sample named for ties/zeros/kinks/edges")
     ap.add_argument("--no-false-alarm", action="store_true",
                     help="only the unmutated gradients, with reference='both' and double_backward=True")
     ap.add_argument("--jobs", type=int, default=1)
@@ -225,8 +235,8 @@ def main(argv=None) -> int:
 
     names = a.rules.split(",") if a.rules else registry.names()
     refs = ("both",) if a.no_false_alarm else tuple(a.refs.split(","))
-    args = [(n, tuple(a.dtypes.split(",")), refs, tuple(a.mutations.split(",")), a.max_samples, a.no_false_alarm)
-            for n in names]
+    args = [(n, tuple(a.dtypes.split(",")), refs, tuple(a.mutations.split(",")), a.max_samples, a.no_false_alarm,
+             a.kink_samples) for n in names]
     t0 = time.perf_counter()
     rows = []
     if a.jobs > 1:

@@ -170,7 +170,7 @@ class Report:
                          _fmt_index(r.worst_index), _fmt(r.manual_value), _fmt(r.reference_value),
                          _fmt(r.worst_err), _fmt(allowed),
                          f"{_fmt(r.max_abs_err)} {_fmt_index(r.max_abs_index)}" if r.max_abs_index is not None
-                         else _fmt(r.max_abs_err)))
+                         else (f"{_fmt(r.max_abs_err)} (projection)" if r.projections else _fmt(r.max_abs_err))))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         for r in self.results:
@@ -193,10 +193,14 @@ class Report:
                              f"({_pct(r.mismatched, r.projections)}) of an input of {r.numel} elements")
             else:
                 lines.append(f"Mismatched elements: {r.mismatched} / {r.numel} ({_pct(r.mismatched, r.numel)})")
-            lines.append(f"Greatest absolute difference: {_fmt(r.max_abs_err)} at index "
-                         f"{_fmt_index(r.max_abs_index or r.worst_index)} (up to {_fmt(r.atol)} allowed)")
-            lines.append(f"Greatest relative difference: {_fmt(r.max_rel_err)} at index "
-                         f"{_fmt_index(r.max_rel_index or r.worst_index)} (up to {_fmt(r.rtol)} allowed)")
+            if r.projections:  # fast mode: the largest errors are of projections u . grad, not of elements
+                lines.append(f"Greatest projection difference |u . manual - u . reference|: {_fmt(r.max_abs_err)} "
+                             f"(relative {_fmt(r.max_rel_err)}); elementwise atol {_fmt(r.atol)}, rtol {_fmt(r.rtol)}")
+            else:
+                lines.append(f"Greatest absolute difference: {_fmt(r.max_abs_err)} at index "
+                             f"{_fmt_index(r.max_abs_index or r.worst_index)} (up to {_fmt(r.atol)} allowed)")
+                lines.append(f"Greatest relative difference: {_fmt(r.max_rel_err)} at index "
+                             f"{_fmt_index(r.max_rel_index or r.worst_index)} (up to {_fmt(r.rtol)} allowed)")
             if r.worst_index is not None or r.manual_value is not None:
                 lines.append(f"Worst element {_fmt_index(r.worst_index)}: manual {_fmt(r.manual_value)}, "
                              f"reference {_fmt(r.reference_value)}, error {_fmt(r.worst_err)}")
