@@ -109,6 +109,8 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
         others = tuple(k for k in refs if k not in ("autograd", "fd"))  # "compiled": eager against compiled
         base = ("fd",) + (("autograd",) if "autograd" in refs and reference == "both" else ())
         refs = others if others and len(others) == len(refs) else base + others
+    if double_backward and not set(refs) & {"autograd", "fd"}:  # compiled has no double backward: order 2 by these
+        refs = refs + (("autograd",) if manual is not None else ("fd",))
     report = Report(reference=reference, double_backward=double_backward, seed=seed)
     opts = dict(loss=loss, inputs=inputs, manual=manual, wrt=wrt, refs=refs, dtype=dtype, atol=atol, rtol=rtol,
                 double_backward=double_backward, seed=seed, fd_mode=fd_mode, fd_limit=fd_limit, fd_eps=fd_eps,

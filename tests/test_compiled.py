@@ -63,3 +63,10 @@ def test_compiler_that_cannot_run_here_is_skipped_with_one_note():
 def test_toolchain_problems_are_told_apart_from_loss_errors():
     assert toolchain_problem(RuntimeError("Dynamo is not supported on Python 3.99+")) is not None
     assert toolchain_problem(ValueError("shape mismatch in the loss")) is None
+
+
+def test_double_backward_with_compiled_alone_still_checks_order_2():
+    rep = check(lambda x: x.sin().sum(), X, lambda x: {"x": x.cos().detach()}, reference="compiled",
+                double_backward=True, compile_options=FAST)
+    assert [(r.order, r.ok) for r in rep.results if r.order == 2] == [(2, False)]  # detached: order 2 fails
+    assert any("first derivatives only" in n for n in rep.notes)

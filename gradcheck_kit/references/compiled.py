@@ -70,6 +70,12 @@ class CompiledReference:
                                         f"{backend_name!r}) cannot run on this machine ({problem}).")
                 return []
             return [self._crashed(run, subject, n, label, e) for n in wrt]
+        if run.double_backward:
+            note = (f"{run.dev}: the compiled reference checks first derivatives only (torch.compile's "
+                    f"AOTAutograd does not support double backward); order 2 is checked by the "
+                    f"{'autograd' if 'autograd' in run.refs else 'finite-difference'} reference")
+            if note not in run.report.notes:
+                run.report.notes.append(note)
         for n in wrt:
             _check_finite(ref[n].detach(), n, "reference (compiled)")
         refs = {n: ref[n].detach() for n in wrt}
