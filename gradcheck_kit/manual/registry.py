@@ -243,7 +243,7 @@ class Rule:
         for prefix, namespace in (("torch.nn.functional", F), ("torch", torch)):
             if getattr(namespace, self.name, None) is fn:
                 return f"{prefix}.{self.name}"
-        return f"{getattr(fn, '__module__', None) or 'torch'}.{getattr(fn, '__qualname__', self.name)}"
+        return _dotted(fn)
 
     @property
     def mirrors_all(self) -> list[str]:
@@ -263,13 +263,12 @@ def _dotted(fn) -> str:
     import torch.nn.functional as F
 
     name = getattr(fn, "__name__", repr(fn))
-    if getattr(torch.Tensor, name, None) is fn:
-        return f"torch.Tensor.{name}"
-    for prefix, namespace in (("torch.nn.functional", F), ("torch", torch), ("torch.linalg", torch.linalg),
-                              ("torch.special", torch.special)):
+    for prefix, namespace in (("torch.nn.functional", F), ("torch", torch), ("torch.Tensor", torch.Tensor),
+                              ("torch.linalg", torch.linalg), ("torch.special", torch.special)):
         if getattr(namespace, name, None) is fn:
             return f"{prefix}.{name}"
-    return f"{getattr(fn, '__module__', None) or 'torch'}.{getattr(fn, '__qualname__', name)}"
+    qual = getattr(fn, "__qualname__", name).replace("TensorBase.", "Tensor.")
+    return f"{getattr(fn, '__module__', None) or 'torch'}.{qual}"
 
 
 _REGISTRY: dict[str, Rule] = {}
