@@ -96,7 +96,9 @@ class Batched:
             res = _result(n, run.dev, got[n].dtype, refs[n].shape, cmp, atol, rtol,
                           reference="per-cotangent loop", subject=who, mode="batched")
             res.note = (f"batched: the VJP under torch.func.vmap over {self.size} seeded cotangents of shape "
-                        f"{tuple(y0.shape)} against one call per cotangent (first index = cotangent)")
+                        f"{tuple(y0.shape)} against one call per cotangent (first index = cotangent)"
+                        + ("; manual takes no grad_output, so the loss's backward was batched, not manual"
+                           if run.manual is not None and who.startswith("autograd") else ""))
             if not cmp.ok and run.diagnose:
                 res.hint = (f"the backward of {n!r} gives other results under vmap than one cotangent at a time: "
                             f"check the vmap staticmethod of a custom autograd.Function called in the backward "
