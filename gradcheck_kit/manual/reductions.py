@@ -224,6 +224,7 @@ def _select_samples(name):
         yield Sample((inf,), {"dim": 1}, f"{name}[dim=1,inf]")
         yield Sample((x, 1), {}, f"{name}[dim positional]")
         yield Sample((x, mk.randn(4)), {}, f"{name}[other tensor,broadcast]")
+        yield Sample((mk.randn(0, 3),), {"dim": 1}, f"{name}[empty,dim=1]")
     samples.__name__ = f"{name}_samples"
     return samples
 
@@ -358,6 +359,7 @@ def _amax_samples(name):
         yield Sample((mk.noncontiguous(mk.randn(3, 4)),), {"dim": -1}, f"{name}[noncontig]")
         nan = torch.tensor([[1.0, NAN, 3.0], [2.0, 2.0, -1.0]], dtype=dtype, device=device)
         yield Sample((nan,), {"dim": 1}, f"{name}[nan]")
+        yield Sample((mk.randn(0, 3),), {"dim": 1}, f"{name}[empty]")
     samples.__name__ = f"{name}_samples"
     return samples
 
@@ -394,6 +396,7 @@ def _binary_samples(name):
         a = torch.tensor([1.0, NAN, 2.0, NAN, INF], dtype=dtype, device=device)
         b = torch.tensor([NAN, 1.0, 2.0, NAN, INF], dtype=dtype, device=device)
         yield Sample((a, b), {}, f"{name}[nan,inf]")
+        yield Sample((mk.randn(0, 3), mk.randn(3)), {}, f"{name}[empty]")
     samples.__name__ = f"{name}_samples"
     return samples
 
@@ -444,6 +447,7 @@ def logsumexp_samples(device, dtype):
     yield Sample((mk.noncontiguous(mk.randn(3, 4)),), {"dim": 0}, "logsumexp[noncontig]")
     inf = torch.tensor([[-INF, -INF, -INF], [-INF, 1.0, 2.0], [INF, 1.0, 0.0]], dtype=dtype, device=device)
     yield Sample((inf,), {"dim": 1}, "logsumexp[inf rows]")
+    yield Sample((mk.randn(0, 3),), {"dim": 1}, "logsumexp[empty]")
 
 
 @register("logsumexp", torch_fn=torch.logsumexp, tensor_args=("input",), samples=logsumexp_samples,
@@ -582,6 +586,7 @@ def _varstd_samples(name):
         yield Sample((x,), {"unbiased": True}, f"{name}[all,unbiased=True]")
         yield Sample((mk.noncontiguous(mk.randn(4, 3)),), {"dim": 0}, f"{name}[noncontig]")
         yield Sample((mk.randn(5),), {"dim": 0, "keepdim": True}, f"{name}[1d,keepdim]")
+        yield Sample((mk.randn(0, 3),), {"dim": 1}, f"{name}[empty]")
         # dof <= 0 (infinite or negative scale) is checked in tests/manual/test_reductions.py: its
         # gradients are not finite, which check() and the sweep rightly refuse to compare
     samples.__name__ = f"{name}_samples"
@@ -664,6 +669,7 @@ def clamp_samples(device, dtype):
     yield Sample((xt, lot, hit), {}, "clamp[tensor ties,lo>hi]")
     yield Sample((mk.randn(()), 0.1, 0.2), {}, "clamp[scalar]")
     yield Sample((mk.noncontiguous(mk.randn(3, 4)), -0.2, None), {}, "clamp[noncontig]")
+    yield Sample((mk.randn(0, 4), lo[:1], 0.5 + mk.randn(4).abs()), {}, "clamp[empty]")
 
 
 def clamp_symbolic(input, min=None, max=None):
