@@ -102,7 +102,8 @@ class HigherOrder:
                                      f"order {k}: d/dx <h_{k - 1}, v_{k - 1}> of manual's gradient against the same "
                                      f"chain on autograd's gradient (seeded random v)")
         dtype = next(tensors[n].dtype for n in wrt)
-        # float64: step 10 fd_eps; a lower dtype (fallback): ~ eps^(1/3), where truncation O(e^2) meets rounding O(eps/e)
+        # float64: step 10 fd_eps; a lower dtype (the fallback): ~ eps^(1/3), where truncation O(e^2)
+        # meets rounding O(eps/e)
         e = 10 * run.fd_eps if dtype == torch.float64 else max(10 * run.fd_eps, torch.finfo(dtype).eps ** (1 / 3))
         for k in range(3, N + 1):
             v = vs[k - 2]
