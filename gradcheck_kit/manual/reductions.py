@@ -225,6 +225,7 @@ def _select_samples(name):
         yield Sample((x, 1), {}, f"{name}[dim positional]")
         yield Sample((x, mk.randn(4)), {}, f"{name}[other tensor,broadcast]")
         yield Sample((mk.randn(0, 3),), {"dim": 1}, f"{name}[empty,dim=1]")
+        yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2)),), {"dim": 1}, f"{name}[channels_last,dim=1]")
     samples.__name__ = f"{name}_samples"
     return samples
 
@@ -360,6 +361,7 @@ def _amax_samples(name):
         nan = torch.tensor([[1.0, NAN, 3.0], [2.0, 2.0, -1.0]], dtype=dtype, device=device)
         yield Sample((nan,), {"dim": 1}, f"{name}[nan]")
         yield Sample((mk.randn(0, 3),), {"dim": 1}, f"{name}[empty]")
+        yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2)),), {"dim": (1, 3)}, f"{name}[channels_last]")
     samples.__name__ = f"{name}_samples"
     return samples
 
@@ -475,6 +477,7 @@ def _cum_samples(name):
         yield Sample((mk.noncontiguous(mk.randn(3, 4)),), {"dim": 1}, f"{name}[noncontig]")
         yield Sample((x,), {"dim": 1, "dtype": torch.float64}, f"{name}[dtype=float64]")
         yield Sample((mk.randn(0, 3),), {"dim": 1}, f"{name}[empty]")
+        yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2)),), {"dim": 1}, f"{name}[channels_last]")
         if name == "cumprod":
             z = torch.tensor([[2.0, 0.0, 3.0, -1.5], [0.0, 0.0, 2.0, 1.0], [1.5, -2.0, 0.5, 0.0]],
                              dtype=dtype, device=device)
@@ -587,6 +590,7 @@ def _varstd_samples(name):
         yield Sample((mk.noncontiguous(mk.randn(4, 3)),), {"dim": 0}, f"{name}[noncontig]")
         yield Sample((mk.randn(5),), {"dim": 0, "keepdim": True}, f"{name}[1d,keepdim]")
         yield Sample((mk.randn(0, 3),), {"dim": 1}, f"{name}[empty]")
+        yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2)),), {"dim": 1}, f"{name}[channels_last]")
         # dof <= 0 (infinite or negative scale) is checked in tests/manual/test_reductions.py: its
         # gradients are not finite, which check() and the sweep rightly refuse to compare
     samples.__name__ = f"{name}_samples"
@@ -670,6 +674,7 @@ def clamp_samples(device, dtype):
     yield Sample((mk.randn(()), 0.1, 0.2), {}, "clamp[scalar]")
     yield Sample((mk.noncontiguous(mk.randn(3, 4)), -0.2, None), {}, "clamp[noncontig]")
     yield Sample((mk.randn(0, 4), lo[:1], 0.5 + mk.randn(4).abs()), {}, "clamp[empty]")
+    yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2)), -0.4, 0.6), {}, "clamp[channels_last]")
 
 
 def clamp_symbolic(input, min=None, max=None):
