@@ -298,3 +298,59 @@ def test_planted_overwrite_instead_of_accumulate_is_caught():
     """The ResNet identity path reads x twice: a chain that overwrote instead of summing fails."""
     with pytest.raises(AssertionError, match="parameter 'x'"):
         check_model(resnet_block, resnet_params(), accumulate=False)
+
+
+# -- second derivatives: the chained rule backwards are differentiable ------------------------
+
+def check_model_hvp(model, params: dict, overrides: dict | None = None, **kw):
+    """d/dθ <chained gradient, v> equals autograd's double backward (a Hessian-vector product)."""
+    gen = torch.Generator().manual_seed(11)
+    vs = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+    cot = None
+
+    def hvp(chain: bool):
+        nonlocal cot
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        if chain:
+            tape = Tape(overrides)
+            out = model(tape, leaves, **kw)
+            grads = tape.backward(_loss(tape, out, cot))
+            gs = [grads[id(leaves[k])] for k in params]
+        else:
+            out = model(autograd_op, leaves, **kw)
+            if cot is None:
+                cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+            gs = torch.autograd.grad(_loss(autograd_op, out, cot), list(leaves.values()), create_graph=True)
+        s = sum((g * vs[k]).sum() for g, k in zip(gs, params))
+        return torch.autograd.grad(s, list(leaves.values()), allow_unused=True)
+
+    ref = hvp(chain=False)
+    got = hvp(chain=True)
+    for k, r, g in zip(params, ref, got):
+        r = torch.zeros_like(params[k]) if r is None else r
+        g = torch.zeros_like(params[k]) if g is None else g
+        scale = max(1.0, float(r.abs().max()))
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10 * scale, msg=lambda m, k=k: f"HVP {k!r}: {m}")
+
+
+@pytest.mark.parametrize("which", ["resnet", "transformer", "lstm"])
+def test_second_derivatives_through_the_chain(which):
+    if which == "resnet":
+        check_model_hvp(resnet_block, resnet_params())
+    elif which == "transformer":      # matmul/softmax attention: torch's flash sdpa kernel has no double backward
+        check_model_hvp(transformer_block, transformer_params(), attention="matmul_softmax")
+    else:
+        check_model_hvp(lstm, lstm_params())
+
+
+def test_planted_detached_backward_is_caught_by_the_second_derivative_only():
+    sig = manual.get("sigmoid")
+
+    def detached(grad_output, input, *, needs_input_grad):
+        s = torch.sigmoid(input).detach()                 # right values, no second derivative
+        return (grad_output * s * (1 - s),)
+
+    bad = {"sigmoid": dataclasses.replace(sig, backward_impl=detached)}
+    check_model(lstm, lstm_params(), overrides=bad)      # first derivatives cannot see it
+    with pytest.raises(AssertionError, match="HVP"):
+        check_model_hvp(lstm, lstm_params(), overrides=bad)
