@@ -198,9 +198,28 @@ def _same_shape(input, *_, **__):
     return tuple(input.shape)
 
 
+def _var_shape(op):
+    """var/std: ``torch.var(x, True)`` passes ``unbiased`` where ``dim`` stands: no dims then."""
+    def shape(input, dim=None, keepdim=False, **_):
+        return _reduced(input, _dims(op, None if isinstance(dim, bool) else dim, input.dim()), keepdim)
+    return shape
+
+
 def _moments_shape(op):
-    inner = _dims_shape(op, None)
+    inner = _var_shape(op)
     return lambda *a, **k: [inner(*a, **k)] * 2
+
+
+def _unbiased_in_dim(backward):
+    """``torch.var(x, True)``: torch's ``var(input, unbiased)`` overload puts a bool where ``dim`` is."""
+    @functools.wraps(backward)
+    def wrapper(grad_output, input, *, needs_input_grad, dim=None, unbiased=None, **params):
+        if isinstance(dim, bool):
+            if unbiased is not None:
+                raise InvalidParameterError(f"unbiased given twice ({dim!r} and unbiased={unbiased!r})")
+            dim, unbiased = None, dim
+        return backward(grad_output, input, needs_input_grad=needs_input_grad, dim=dim, unbiased=unbiased, **params)
+    return wrapper
 
 
 # -- max, min (full and along a dim) ---------------------------------------------------------
@@ -599,7 +618,8 @@ def _varstd_samples(name):
 
 @register("var", torch_fn=torch.var, tensor_args=("input",), samples=_varstd_samples("var"),
           aliases=(torch.Tensor.var,))
-@expects("var", _dims_shape("var", None))
+@expects("var", _var_shape("var"))
+@_unbiased_in_dim
 def var_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=None, correction=None, keepdim=False):
     """y = sum_R (x - mean)^2 / dof: dL/dx = (2 / dof) r(g) (x - r(mean))."""
     if not needs_input_grad[0]:
@@ -609,7 +629,8 @@ def var_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=Non
 
 @register("std", torch_fn=torch.std, tensor_args=("input",), samples=_varstd_samples("std"),
           aliases=(torch.Tensor.std,))
-@expects("std", _dims_shape("std", None))
+@expects("std", _var_shape("std"))
+@_unbiased_in_dim
 def std_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=None, correction=None, keepdim=False):
     """y = sqrt(var): dL/dx = var'(g / (2 y)), with g / (2 y) := 0 where y == 0."""
     if not needs_input_grad[0]:
@@ -644,9 +665,9 @@ def _moments_backward(op, is_std):
 
 
 register("var_mean", torch_fn=torch.var_mean, tensor_args=("input",), samples=_varstd_samples("var_mean"))(
-    expects("var_mean", _moments_shape("var_mean"))(_moments_backward("var_mean", False)))
+    expects("var_mean", _moments_shape("var_mean"))(_unbiased_in_dim(_moments_backward("var_mean", False))))
 register("std_mean", torch_fn=torch.std_mean, tensor_args=("input",), samples=_varstd_samples("std_mean"))(
-    expects("std_mean", _moments_shape("std_mean"))(_moments_backward("std_mean", True)))
+    expects("std_mean", _moments_shape("std_mean"))(_unbiased_in_dim(_moments_backward("std_mean", True))))
 
 
 # -- clamp --------------------------------------------------------------------------------

@@ -205,3 +205,17 @@ def test_every_alias_computes_what_the_rule_mirrors(name):
             got = alias(*sample.args, **sample.kwargs)
             for r, g in zip(ref if isinstance(ref, tuple) else (ref,), got if isinstance(got, tuple) else (got,)):
                 torch.testing.assert_close(g, r, rtol=0, atol=0, equal_nan=True, msg=f"{alias} on {sample.name}")
+
+
+@pytest.mark.parametrize("name", ["var", "std", "var_mean", "std_mean"])
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_unbiased_overload_bound_as_dim(name, unbiased):
+    """torch.var(x, False) is the var(input, unbiased) overload; a binder that follows the rule's
+    signature passes the bool as dim=, and the rule reads it as unbiased."""
+    x = _t([[1.0, 2.0, 4.0], [0.5, -1.0, 3.0]])
+    rule = manual.get(name)
+    ref = _autograd(lambda t: rule.torch_fn(t, unbiased), x)
+    out = rule.torch_fn(x, unbiased)
+    g = (torch.ones_like(out[0]), None) if isinstance(out, tuple) else torch.ones_like(out)
+    (mine,) = rule.backward(g, x, dim=unbiased)
+    torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-12)
