@@ -210,6 +210,16 @@ def _moments_shape(op):
     return lambda *a, **k: [inner(*a, **k)] * 2
 
 
+def _var_forward(fn):
+    """The forward, also for the bool-in-dim spelling (``dim=True`` read as ``unbiased=True``)."""
+    def forward(input, dim=None, **params):
+        if isinstance(dim, bool):
+            return fn(input, dim, **params)               # torch's var(input, unbiased) overload
+        return fn(input, **({} if dim is None else {"dim": dim}), **params)
+    forward.__name__ = fn.__name__
+    return forward
+
+
 def _unbiased_in_dim(backward):
     """``torch.var(x, True)``: torch's ``var(input, unbiased)`` overload puts a bool where ``dim`` is."""
     @functools.wraps(backward)
@@ -617,6 +627,7 @@ def _varstd_samples(name):
 
 
 @register("var", torch_fn=torch.var, tensor_args=("input",), samples=_varstd_samples("var"),
+          forward=_var_forward(torch.var),
           aliases=(torch.Tensor.var,))
 @expects("var", _var_shape("var"))
 @_unbiased_in_dim
@@ -628,6 +639,7 @@ def var_backward(grad_output, input, *, needs_input_grad, dim=None, unbiased=Non
 
 
 @register("std", torch_fn=torch.std, tensor_args=("input",), samples=_varstd_samples("std"),
+          forward=_var_forward(torch.std),
           aliases=(torch.Tensor.std,))
 @expects("std", _var_shape("std"))
 @_unbiased_in_dim
@@ -664,9 +676,11 @@ def _moments_backward(op, is_std):
     return backward
 
 
-register("var_mean", torch_fn=torch.var_mean, tensor_args=("input",), samples=_varstd_samples("var_mean"))(
+register("var_mean", torch_fn=torch.var_mean, tensor_args=("input",), samples=_varstd_samples("var_mean"),
+         forward=_var_forward(torch.var_mean))(
     expects("var_mean", _moments_shape("var_mean"))(_unbiased_in_dim(_moments_backward("var_mean", False))))
-register("std_mean", torch_fn=torch.std_mean, tensor_args=("input",), samples=_varstd_samples("std_mean"))(
+register("std_mean", torch_fn=torch.std_mean, tensor_args=("input",), samples=_varstd_samples("std_mean"),
+         forward=_var_forward(torch.std_mean))(
     expects("std_mean", _moments_shape("std_mean"))(_unbiased_in_dim(_moments_backward("std_mean", True))))
 
 

@@ -219,3 +219,6 @@ def test_unbiased_overload_bound_as_dim(name, unbiased):
     g = (torch.ones_like(out[0]), None) if isinstance(out, tuple) else torch.ones_like(out)
     (mine,) = rule.backward(g, x, dim=unbiased)
     torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-12)
+    mine_out = rule.forward(x, dim=unbiased)
+    for m, r in zip(mine_out if isinstance(out, tuple) else (mine_out,), out if isinstance(out, tuple) else (out,)):
+        torch.testing.assert_close(m, r, rtol=0, atol=0)
