@@ -131,6 +131,10 @@ class _Recording:
                 f"{where}: {tn.function.__name__}.apply is a custom torch.autograd.Function; its backward is "
                 f"hand-written code, not an op with a formula, so emit cannot write it out "
                 f"(check it with gradcheck-kit check)")
+        fname = getattr(tn.fn, "__name__", "")
+        if fname in _IN_PLACE_DUNDERS or (fname.endswith("_") and not fname.startswith("__")):
+            raise EmitUnsupportedError(f"{where}: {tn.op} writes into a tensor in place; emit needs out-of-place "
+                                       f"ops (x = x + y, not x += y or x[i] = ...)")
         args, kwargs = self._refs(tuple(tn.args), where), self._refs(dict(tn.kwargs), where)
         outs = [o for o in tn.outputs if o is not None]
         ins = [v for v in _flat(list(args) + list(kwargs.values())) if isinstance(v, _Value)]
@@ -168,6 +172,8 @@ class _Recording:
 
 
 _MAX_LITERAL = 16
+_IN_PLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+                     "__ipow__", "__imatmul__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
 
 
 def _flat(xs) -> list:

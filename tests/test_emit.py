@@ -107,7 +107,7 @@ def _assert_equals_autograd(fn, loss, inputs, wrt):
     ref_grads = torch.autograd.grad(ref, [xs[k] for k in wrt], create_graph=True)
     torch.testing.assert_close(value, ref, rtol=1e-10, atol=0)
     gen = torch.Generator().manual_seed(3)
-    vs = [torch.randn(g.shape, generator=gen, dtype=g.dtype) for g in ref_grads]
+    vs = [torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device) for g in ref_grads]
     for k, rg in zip(wrt, ref_grads):
         torch.testing.assert_close(grads[k], rg, rtol=1e-10, atol=1e-10 * float(rg.detach().abs().max()) + 1e-300)
     # second order: d/dx <grads, v> of the emitted gradients vs autograd's double backward
@@ -166,6 +166,15 @@ def test_shipped_case_emits(stem):
     source = backward_source(case.loss, inputs, case.wrt)
     _assert_torch_only(source)
     _assert_equals_autograd(_load(source), case.loss, inputs, wrt)
+
+
+@pytest.mark.cuda
+def test_emits_and_verifies_on_cuda():
+    case = load_case(CASES / "conv_relu_conv.py")
+    inputs = {k: v.cuda() for k, v in _case_inputs(case).items()}
+    source = backward_source(case.loss, inputs, case.wrt)
+    assert source == emitted_source("conv_relu_conv")     # the module does not depend on the device
+    _assert_equals_autograd(_load(source), case.loss, inputs, case.wrt)
 
 
 def test_weight_sharing_gets_one_commented_term_per_use():
@@ -270,10 +279,17 @@ def _no_grad_mean(x):
         return x.mean()
 
 
+def _setitem_constant(x):
+    c = torch.zeros(4, dtype=x.dtype)
+    c[0] = 1.0
+    return (x * c).sum()
+
+
 @pytest.mark.parametrize("loss,pattern", [
     (lambda x: F.softmax(x, 0).pow(2).sum(), r"test_emit\.py:\d+: F\.softmax has no emission template"),
     (lambda x: F.relu(x * 1, inplace=True).sum(), r"test_emit\.py:\d+: relu writes in place"),
     (lambda x: (x - _no_grad_mean(x)).sum(), r"test_emit\.py:\d+: mean runs with gradients disabled"),
+    (_setitem_constant, r"test_emit\.py:\d+: \S+ writes into a tensor in place"),
     (lambda x: (x * torch.ones(50, dtype=torch.float64)[:4]).sum(), None),   # twin: made inside, fine
 ])
 def test_unsupported_ops_are_named_with_their_call_site(loss, pattern):
