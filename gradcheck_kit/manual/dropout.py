@@ -126,6 +126,7 @@ def _layout_3d(x):
 
 def _variant(name, layout, feature, alpha, doc):
     train_default = not alpha                            # F.alpha_dropout defaults to training=False
+
     def draw(input, p, training):
         x, squeezed = layout(input)
         mb = _mask(name, x, p, training, feature, alpha)
