@@ -214,25 +214,58 @@ def sdpa_backward(grad_output, query, key, value, attn_mask=None, *, needs_input
 def einsum(operands, *, equation):
     """``torch.einsum(equation, *operands)`` with the operands first, as every rule takes its tensors.
 
-    Both of torch's spellings, ``einsum(eq, a, b)`` and ``einsum(eq, [a, b])``, are this call.
+    Both of torch's spellings, ``einsum(eq, a, b)`` and ``einsum(eq, [a, b])``, are this call;
+    the sublist form becomes an equation through ``einsum.call_as_rule``.
     """
     if not isinstance(equation, str):
-        raise UnsupportedError("einsum: only the equation-string form is supported, not the sublist form")
+        raise UnsupportedError("einsum: equation must be a string; turn the sublist form into one with "
+                               "call_as_rule")
     return torch.einsum(equation, *operands)
 
 
 einsum.mirrors = torch.einsum
 
 
+def _sublist_equation(args) -> tuple[str, tuple]:
+    """torch's sublist form ``einsum(a, [0, 1], b, [1, 2], [0, 2])`` as ``("ab,bc->ac", (a, b))``;
+    ``Ellipsis`` in a sublist is ``...``; label ``n`` is ``ascii_letters[n]`` (torch allows 0..51)."""
+    ops, specs = args[0::2], args[1::2]
+    out = None
+    if len(args) % 2:                                     # a trailing output sublist
+        ops, out = args[:-1][0::2], args[-1]
+        specs = args[:-1][1::2]
+
+    def spec(sub):
+        parts = []
+        for lab in sub:
+            if lab is Ellipsis:
+                parts.append("...")
+            elif isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < 52:
+                parts.append(string.ascii_letters[lab])
+            else:
+                raise InvalidParameterError(f"einsum: sublist labels must be integers in [0, 52) or Ellipsis, "
+                                            f"got {lab!r}")
+        return "".join(parts)
+
+    if not all(isinstance(t, torch.Tensor) for t in ops) or not all(isinstance(x, (list, tuple)) for x in specs):
+        raise InvalidParameterError("einsum: the sublist form alternates operands and lists of labels")
+    eq = ",".join(spec(x) for x in specs) + ("" if out is None else "->" + spec(out))
+    return eq, tuple(ops)
+
+
 def _einsum_call(*args, **kwargs):
-    """torch's call ``einsum(eq, a, b)`` or ``einsum(eq, [a, b])`` as the rule's ``((a, b),), {"equation": eq}``.
+    """torch's call as the rule's ``((a, b),), {"equation": eq}``: ``einsum(eq, a, b)``,
+    ``einsum(eq, [a, b])`` or the sublist form ``einsum(a, [0, 1], b, [1, 2], [0, 2])``.
 
     ``torch.einsum(*args)`` has no named parameters to bind a call against; a tracer can
     use this (``rule.torch_fn.call_as_rule``) to map the call onto the rule's arguments.
     """
-    if kwargs or not args or not isinstance(args[0], str):
-        raise UnsupportedError("einsum: only einsum(equation, *operands) and einsum(equation, [operands]) "
-                               "are supported")
+    if kwargs or not args:
+        raise InvalidParameterError("einsum: expected einsum(equation, *operands), einsum(equation, [operands]) "
+                                    "or the sublist form")
+    if isinstance(args[0], torch.Tensor):
+        equation, operands = _sublist_equation(args)
+        return (operands,), {"equation": equation}
     equation, rest = args[0], args[1:]
     operands = tuple(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else tuple(rest)
     return (operands,), {"equation": equation}

@@ -120,11 +120,14 @@ def test_einsum_both_torch_spellings_are_one_call():
     assert torch.equal(torch.einsum("ij,jk", [a, b]), ref)
     with pytest.raises(UnsupportedError, match="sublist"):
         rule.forward([a, b], equation=[0, 1])
-    for call in (("ij,jk", a, b), ("ij,jk", [a, b]), ("ij,jk", (a, b))):
+    for call in (("ij,jk", a, b), ("ij,jk", [a, b]), ("ij,jk", (a, b)), (a, [0, 1], b, [1, 2], [0, 2])):
         args, kwargs = rule.torch_fn.call_as_rule(*call)
         assert torch.equal(rule.forward(*args, **kwargs), ref)
-    with pytest.raises(UnsupportedError):
-        rule.torch_fn.call_as_rule(a, [0, 1], b, [1, 2])
+    x = Maker().randn(2, 3, 3)                             # sublists with Ellipsis, implicit output
+    args, kwargs = rule.torch_fn.call_as_rule(x, [Ellipsis, 0, 0])
+    assert kwargs["equation"] == "...aa" and torch.equal(rule.forward(*args, **kwargs), torch.einsum(x, [..., 0, 0]))
+    with pytest.raises(InvalidParameterError, match="sublist labels"):
+        rule.torch_fn.call_as_rule(a, [0, "j"], b, [1, 2])
 
 
 def _random_equation(rng: random.Random):
