@@ -228,7 +228,8 @@ einsum.mirrors = torch.einsum
 
 def _sublist_equation(args) -> tuple[str, tuple]:
     """torch's sublist form ``einsum(a, [0, 1], b, [1, 2], [0, 2])`` as ``("ab,bc->ac", (a, b))``;
-    ``Ellipsis`` in a sublist is ``...``; label ``n`` is ``ascii_letters[n]`` (torch allows 0..51)."""
+    ``Ellipsis`` in a sublist is ``...``; label ``n`` is ``(A..Z a..z)[n]``, torch's own mapping (so the
+    implicit output's order, uppercase first, is torch's too)."""
     ops, specs = args[0::2], args[1::2]
     out = None
     if len(args) % 2:                                     # a trailing output sublist
@@ -241,7 +242,7 @@ def _sublist_equation(args) -> tuple[str, tuple]:
             if lab is Ellipsis:
                 parts.append("...")
             elif isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < 52:
-                parts.append(string.ascii_letters[lab])
+                parts.append((string.ascii_uppercase + string.ascii_lowercase)[lab])
             else:
                 raise InvalidParameterError(f"einsum: sublist labels must be integers in [0, 52) or Ellipsis, "
                                             f"got {lab!r}")

@@ -125,7 +125,10 @@ def test_einsum_both_torch_spellings_are_one_call():
         assert torch.equal(rule.forward(*args, **kwargs), ref)
     x = Maker().randn(2, 3, 3)                             # sublists with Ellipsis, implicit output
     args, kwargs = rule.torch_fn.call_as_rule(x, [Ellipsis, 0, 0])
-    assert kwargs["equation"] == "...aa" and torch.equal(rule.forward(*args, **kwargs), torch.einsum(x, [..., 0, 0]))
+    assert kwargs["equation"] == "...AA" and torch.equal(rule.forward(*args, **kwargs), torch.einsum(x, [..., 0, 0]))
+    y, z = Maker().randn(2, 3), Maker().randn(3, 4)       # labels from both halves: implicit order as torch's
+    args, kwargs = rule.torch_fn.call_as_rule(y, [30, 1], z, [1, 0])
+    assert torch.equal(rule.forward(*args, **kwargs), torch.einsum(y, [30, 1], z, [1, 0]))
     with pytest.raises(InvalidParameterError, match="sublist labels"):
         rule.torch_fn.call_as_rule(a, [0, "j"], b, [1, 2])
 
