@@ -211,12 +211,12 @@ def test_transformer_block_is_torchs_encoder_layer():
 
 # -- U-Net down/up step: conv, max_pool, upsample, cat, conv ---------------------------------
 
-def unet_step(op, p, up="interpolate"):
+def unet_step(op, p, up="interpolate", mode="bilinear"):
     e = op("relu", op("conv2d", p["x"], p["we"], p["be"], padding=1))          # (N, 4, 8, 8)
     d = op("max_pool2d", e, kernel_size=2)                                      # (N, 4, 4, 4)
     d = op("relu", op("conv2d", d, p["wd"], p["bd"], padding=1))                # (N, 8, 4, 4)
     if up == "interpolate":
-        u = op("interpolate", d, scale_factor=2, mode="bilinear", align_corners=False)
+        u = op("interpolate", d, scale_factor=2, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
     else:
         u = op("conv_transpose2d", d, p["wu"], p["bu"], stride=2)              # (N, 8, 8, 8)
     h = op("relu", op("conv2d", op("cat", [u, e], dim=1), p["wc"], p["bc"], padding=1))
@@ -234,11 +234,12 @@ def unet_params(up):
     return p
 
 
-@pytest.mark.parametrize("up", ["interpolate", "conv_transpose2d"])
-def test_unet_down_up_step(up):
+@pytest.mark.parametrize("up,mode", [("interpolate", "bilinear"), ("interpolate", "nearest"),
+                                     ("conv_transpose2d", None)])
+def test_unet_down_up_step(up, mode):
     if not _has(up):
         pytest.skip(f"no {up} rule registered yet")
-    used = check_model(unet_step, unet_params(up), up=up)
+    used = check_model(unet_step, unet_params(up), up=up, mode=mode)
     assert {"max_pool2d", "cat", up} <= used
 
 
