@@ -762,12 +762,43 @@ def _write_sweep_html(args, results, entries, caught, elapsed) -> None:
         row["ok"] = row["ok"] and e["ok"]
     sections = [Section(f"sweep · {args.dtype} · reference autograd", rows=list(per_rule.values()),
                         notes=[f"warning (once): {w}" for w in caught])]
+    scratch = _TmpDir()
+    drawn = 0
     for device, r in results:
         if _format.field(r, "ok"):
             continue
         title = f"{_format.field(r, 'rule')} [{_format.field(r, 'sample')}] · {device} · {args.dtype}"
-        sections.append(Section(title, _format.field(r, "report"), error=_format.field(r, "error")))
+        report = _format.field(r, "report")
+        pictures = []
+        if report is not None and drawn < _MAX_SWEEP_PICTURES:
+            pictures = _sweep_pictures(r, report, device, args, scratch)
+            drawn += bool(pictures)
+        sections.append(Section(title, report, error=_format.field(r, "error"), pictures=pictures))
     write_html(sections, args.html, title=f"gradcheck-kit sweep ({args.dtype})", summary=summary)
+    scratch.cleanup()
+
+
+_MAX_SWEEP_PICTURES = 20  # failing samples drawn into a sweep's HTML page
+
+
+def _sweep_pictures(r, report, device, args, scratch) -> list:
+    """Heatmaps of one failing rule sample, recomputed from the sample; [] when they cannot be drawn."""
+    import torch
+
+    from gradcheck_kit import manual, plot
+    from gradcheck_kit import sweep as sweep_mod
+
+    try:
+        plot._plt()
+        rule = manual.get(r.rule)
+        sample = next(s for s in rule.samples(device, getattr(torch, args.dtype)) if s.name == r.sample)
+        loss, man, inputs, wrt = sweep_mod._loss_and_manual(rule, sample, 0)
+        with _collect_warnings([]):
+            pairs = plot.gradient_pairs(loss, inputs, man, wrt=wrt)
+        prefix = "".join(c if c.isalnum() else "_" for c in f"{r.rule}-{r.sample}-{device}") + "-"
+        return plot.plot_report(report, scratch.path(), pairs, prefix=prefix, strict=False)
+    except Exception:  # noqa: BLE001 - a picture is an extra; the section's table says everything
+        return []
 
 
 def _run_sweep(sweep_mod, names, device, dtype, show: bool = True) -> list:

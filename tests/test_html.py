@@ -76,3 +76,18 @@ def test_page_renders_in_headless_chromium(tmp_path):
     assert img.shape[0] >= 700 and img.shape[1] >= 900
     assert float(img.std()) > 0.05, "the screenshot is blank"
     assert float((img.min(axis=2) < 0.5).mean()) > 0.005, "hardly any dark pixels: no text rendered"
+
+
+def test_sweep_html_embeds_pictures_of_a_wrong_rule(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib", reason="embedded pictures need the [plot] extra")
+    from gradcheck_kit.manual import registry
+
+    rule = registry.get("relu")
+    good = rule.backward_impl
+    monkeypatch.setattr(rule, "backward_impl", lambda *a, **kw: tuple(None if g is None else 2 * g
+                                                                         for g in good(*a, **kw)))
+    page = tmp_path / "sweep.html"
+    assert main(["sweep", "relu", "--html", str(page)]) == 1
+    text = page.read_text(encoding="utf-8")
+    assert "MISMATCH" in text and "constant factor 2" in text
+    assert len(re.findall(r'src="data:image/png;base64,', text)) >= 2
