@@ -165,6 +165,10 @@ def sdpa_samples(device, dtype):
     yield Sample((mk.randn(4, 5), mk.randn(6, 5), mk.randn(6, 2)), {}, "sdpa[unbatched]")
     yield Sample((mk.randn(2, 4, 3, 5), mk.randn(2, 2, 6, 5), mk.randn(2, 2, 6, 3)), {"enable_gqa": True},
                  "sdpa[gqa]")
+    yield Sample((mk.randn(2, 4, 3, 5), mk.randn(2, 2, 6, 5), mk.randn(2, 2, 6, 3), mk.randn(4, 3, 6)),
+                 {"enable_gqa": True, "scale": 0.5}, "sdpa[gqa,float mask,scale]")
+    yield Sample((mk.randn(4, 3, 5), mk.randn(2, 6, 5), mk.randn(2, 6, 3)), {"enable_gqa": True, "is_causal": True},
+                 "sdpa[gqa,unbatched heads,causal]")
     yield Sample((mk.randn(2, 3, 4, 5), mk.randn(3, 6, 5), mk.randn(3, 6, 7)), {}, "sdpa[batch broadcast]")
     yield Sample((mk.noncontiguous(mk.randn(2, 4, 5)), mk.randn(2, 6, 5).transpose(0, 1).contiguous().transpose(0, 1),
                   mk.randn(2, 6, 3)), {"dropout_p": 0.0}, "sdpa[noncontig,dropout_p=0]")
