@@ -175,3 +175,27 @@ def _nonfinite_parity(rule, sample, index, value):
             dict(rtol=TORCH_FLOAT64_RTOL.get(rule.name, 1e-8), atol=1e-10 * scale)
         torch.testing.assert_close(got, want, equal_nan=True, **tol,
                                    msg=lambda m: f"{rule.name} d/d{name} with {value} planted: {m}")
+
+
+def _omittable(rule, sample):
+    """The sample's positional args with trailing None arguments dropped (None if there are none)."""
+    args = list(sample.args)
+    while args and args[-1] is None:
+        args.pop()
+    return tuple(args) if len(args) < len(sample.args) else None
+
+
+_OMIT_CASES = [pytest.param(r, s, id=f"{r.name}-{s.name}") for r in manual.rules() for s in r.samples()
+               if _omittable(r, s) is not None]
+
+
+@pytest.mark.parametrize("rule,sample", _OMIT_CASES)
+def test_trailing_none_arguments_may_be_omitted(rule, sample):
+    # issue 10: layer_norm(x, normalized_shape=...) and batch_norm(x, rm, rv, training=...) crashed
+    # with an IndexError; needs_input_grad is now padded, and every rule must accept the short call
+    short = _omittable(rule, sample)
+    full = check_backward(rule, sample.args, sample.kwargs)
+    part = check_backward(rule, short, sample.kwargs)
+    assert len(part) == len(short)
+    for a, b in zip(part, full):
+        assert (a is None and b is None) or torch.equal(a, b)
