@@ -434,5 +434,5 @@ def einsum_backward(grad_output, operands, *, needs_input_grad, equation):
             grads.append(None)
             continue
         gk = _operand_grad(k, grad_output, ops_full, labels, out, sizes, fresh)
-        grads.append(unbroadcast(gk, o.shape).to(o.dtype))
+        grads.append(unbroadcast(gk, o.shape).to(o.dtype).contiguous())     # einsum may return permuted views
     return (grads,)

@@ -567,7 +567,7 @@ def cumprod_backward(grad_output, input, *, needs_input_grad, dim, dtype=None):
     rows = torch.where(after, x.unsqueeze(-2), 1)              # (..., k, i)
     P = rows.cumprod(-1) * (k.unsqueeze(0) >= k.unsqueeze(1))  # P_kj for j >= k, else 0
     grad = excl * (P * g.unsqueeze(-2)).sum(-1)
-    return (grad.movedim(-1, d).to(input.dtype),)
+    return (grad.movedim(-1, d).to(input.dtype).contiguous(),)           # dense, row-major as autograd gives
 
 
 # -- var, std -----------------------------------------------------------------------------
