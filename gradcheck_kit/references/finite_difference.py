@@ -73,10 +73,11 @@ class FiniteDifferenceReference:
         modes = self._modes(run, per_eval)
         gen = torch.Generator().manual_seed(run.seed)
         x = _Point(run, tensors, "x")
-        first = self._at_point(run, subject.grads, x, modes, gen, per_eval, decide_multiway=True)
+        # at x, kink/tie elements outside their interval are not sampled yet: the re-check at x' comes first
+        first = self._at_point(run, subject.grads, x, modes, gen, per_eval, decide_multiway=False)
         results = [r for r, _ in first]
-        if any(flag and r.ok for r, flag in first):  # a kink, tie or kinked projection at x passed: check off the kinks
-            results = self._recheck(run, subject, first, modes, per_eval)
+        if any(flag and (r.ok or getattr(r, "deferred", False)) for r, flag in first):  # kinks or ties at x: check off the kinks too
+            results = self._recheck(run, subject, first, modes, per_eval, x)
         for r in results:
             r.subject, r.nondeterminism = subject.kind, subject.nondet.get(r.name)
         if run.double_backward:
@@ -94,11 +95,12 @@ class FiniteDifferenceReference:
         mags = [fr.scale for fr in fulls.values()] + [float(grads[n].detach().abs().max()) if grads[n].numel()
                                                       else 0.0 for n in run.wrt_names if modes[n] == "fast"]
         top = max(mags, default=0.0)
+        pt.fulls, pt.top = fulls, top
         for n in run.wrt_names:
             if modes[n] == "full":
                 out.append(self._full_result(run, grads[n], fulls[n], n, pt, top, decide_multiway))
             else:
-                out.append(self._fast_result(run, grads[n], n, pt, top, gen, per_eval, decide_multiway))
+                out.append(self._fast_result(run, grads[n], n, pt, top, gen, per_eval, pt.label == "x"))
         return out
 
     def _full_result(self, run, m, fr, n, pt, top, decide_multiway):
@@ -106,6 +108,7 @@ class FiniteDifferenceReference:
         atol, rtol = run.tol(m.dtype, scale, "fd")
         j = _fd.judge(m, fr, atol, rtol)
         undecided = j.undecided.reshape(-1).nonzero().flatten().tolist()
+        skipped_smooth = bool(j.bad.any())  # already failing on smooth elements
         capped = 0
         skipped = 0
         if undecided and decide_multiway and bool(j.bad.any()):
@@ -125,7 +128,7 @@ class FiniteDifferenceReference:
             bad = j.bad.reshape(-1)
             for i in rest:  # beyond the sampling cap: fail rather than pass unexamined
                 bad[i] = True
-        elif undecided:
+        elif undecided:  # not sampled (yet): failing unless the re-check at x' passes and sampling accepts them
             j.outside = len(undecided)
             j.bad = j.bad | j.undecided
         ref = fr.ref
@@ -137,6 +140,7 @@ class FiniteDifferenceReference:
         res.ties, res.jumps = int(fr.tie.sum()), int(fr.jump.sum())
         res.kinks_inside, res.kinks_hull, res.kinks_outside = j.inside, j.hull, j.outside + capped + skipped
         res.point, res.worst_err = pt.label, worst_err
+        res.deferred = bool(undecided) and not decide_multiway and not skipped_smooth
         notes = []
         if k or nt:
             notes.append(f"at {pt.label}: {k} kink element(s)" + (f" ({res.jumps} at a jump)" if res.jumps else "")
@@ -211,8 +215,20 @@ class FiniteDifferenceReference:
         return res, bool(kinks) or bool(_fd.ties(m_t).any())
 
     # -- the nearby point -------------------------------------------------------------------------------
-    def _recheck(self, run, subject, first, modes, per_eval) -> list:
-        """Everything again at a seeded nearby point x'; each input's result is ok only if both points are."""
+    def _recheck(self, run, subject, first, modes, per_eval, x) -> list:
+        """Everything again at a seeded nearby point x'; each input's result is ok only if both points are.
+
+        Kink/tie elements left undecided at x (outside their interval) are sampled only if x' passes: a
+        wrong formula fails at x' at the cost of one more set of differences, without sampling.
+        """
+        def sampled(r):  # decide the undecided elements at x by the gradients of nearby pieces
+            if not getattr(r, "deferred", False):
+                return r
+            n = r.name
+            r2 = self._full_result(run, subject.grads[n], x.fulls[n], n, x, x.top, True)[0]
+            r2.fd_evaluations = x.ev.count  # every evaluation at x so far, sampling included
+            return r2
+
         g = torch.Generator().manual_seed(run.seed * 7919 + 7)
         near_work = _fd.perturb(run.work, _floating(run.work), g)
         try:
@@ -233,9 +249,10 @@ class FiniteDifferenceReference:
             pt = _Point(run, _contig64(near_work), "x'")
             if not math.isfinite(pt.f0):
                 raise ValueError(f"the loss is {pt.f0} there")
-        except Exception as e:  # noqa: BLE001 - a domain edge: say so, keep the verdicts at x
+        except Exception as e:  # noqa: BLE001 - a domain edge: say so, decide at x alone
             out = []
             for r, flag in first:
+                r = sampled(r)
                 if flag:
                     r.note = ((r.note + "; ") if r.note else "") + (
                         f"the re-check at a nearby point off the kinks could not run ({type(e).__name__}: {e}), so "
@@ -246,12 +263,14 @@ class FiniteDifferenceReference:
                                 decide_multiway=False)
         out = []
         for (r1, _), (r2, _) in zip(first, second):
+            if r2.ok:
+                r1 = sampled(r1)
             r1.rechecked = True
             r1.recheck_ok = r2.ok
             both = f"x: {'ok' if r1.ok else 'MISMATCH'}; x' (seeded nearby point off the kinks): " \
                    f"{'ok' if r2.ok else 'MISMATCH'}"
-            if r1.ok and not r2.ok:
-                # the failure at x' is the evidence: report its worst element
+            if not r2.ok and (r1.ok or getattr(r1, "deferred", False)):
+                # the failure at x' is the evidence (at x only kink values were in doubt): report its worst element
                 r2.rechecked, r2.recheck_ok = True, False
                 r2.note = both + ((" | " + r2.note) if r2.note else "") + ((" | " + r1.note) if r1.note else "")
                 r2.kinks, r2.kinks_inside, r2.kinks_hull, r2.kinks_outside = (r1.kinks, r1.kinks_inside,
