@@ -1102,6 +1102,8 @@ class _Backward:
 
     def target(self, v: _Value, n: _Node) -> str:
         """A name for v's gradient computed by node n: g_v when n is v's only use."""
+        if self.uses.get(id(v), 0) == 1 and v.node is None and v.name in self.grad_names:
+            return self.grad_names[v.name]
         if self.uses.get(id(v), 0) == 1 and f"g_{v.name}" not in self.w.used:
             self.w.used.add(f"g_{v.name}")
             return f"g_{v.name}"
@@ -1213,6 +1215,7 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
     w.lines.append("")
     w.lines.append("    # backward: g_v = dL/dv, in reverse order")
     b = _Backward(w)
+    b.grad_names = {name: w.fresh(f"g_{name}") for name in wrt}   # the returned gradients' names
     b.uses = uses = {}
     contrib: dict[int, list] = {}
     for n in nodes:
@@ -1276,8 +1279,7 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
     results = {}
     for name in wrt:
         v = rec.inputs[name]
-        gname = f"g_{name}"
-        w.used.add(gname)
+        gname = b.grad_names[name]
         if id(v) not in contrib:
             w.emit(f"{gname} = torch.zeros_like({name})", f"{_shape(v.shape)}  the loss does not reach {name}")
         else:

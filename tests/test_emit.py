@@ -302,6 +302,14 @@ def test_unsupported_ops_are_named_with_their_call_site(loss, pattern):
     assert isinstance(info.value, (EmitError, GradcheckKitError)) and "\n" not in str(info.value)
 
 
+def test_names_never_collide_with_the_inputs():
+    """An input called g_x next to x: the gradient names step aside, the dict keys stay the input names."""
+    loss = lambda x, g_x, w: (F.conv2d(x, w, padding=1) * g_x).sum() + x.sum()    # noqa: E731
+    inputs = _inputs(dict(x=(1, 2, 4, 4), g_x=(1, 3, 4, 4), w=(3, 2, 3, 3)))
+    source = backward_source(loss, inputs)
+    _assert_equals_autograd(_load(source), loss, inputs, tuple(inputs))
+
+
 def test_bad_arguments_raise_kit_errors():
     with pytest.raises(EmitError, match="not among the inputs"):
         backward_source(lambda x: x.sum(), {"x": _r(2)}, wrt=("y",))
