@@ -378,17 +378,18 @@ def _activation(name, torch_fn, slope, symbolic_fn, sample_fn, doc, *, params=()
 def _act_samples(name, *, kinks=(), away=(0.0,), scale=2.0, nan=True, configs=({},)):
     """3x4 with the kinks exactly, 0-d, non-contiguous, channels-last, and +-inf (and NaN where
     torch's answer does not depend on the tensor's layout), for each parameter config."""
+    def at(points, kw):  # kinks may depend on a parameter (shrink's lambd): callables of the config
+        return [p(kw) if callable(p) else p for p in points]
+
     def samples(device, dtype):
         mk = Maker(device, dtype)
         for kw in configs:
             tag = ",".join(f"{k}={v}" for k, v in kw.items())
             pre = f"{name}[{tag}," if tag else f"{name}["
-            k = [p(kw) if callable(p) else p for p in kinks]
-            a = tuple(p(kw) if callable(p) else p for p in away)
-            yield Sample((_with_points(mk, (3, 4), k + [0.0, 1.0, -1.0], away=a, scale=scale),), dict(kw),
-                         f"{pre}3x4]")
+            x = _with_points(mk, (3, 4), at(kinks, kw) + [0.0, 1.0, -1.0], away=tuple(at(away, kw)), scale=scale)
+            yield Sample((x,), dict(kw), f"{pre}3x4]")
         yield Sample((mk.randn(()),), dict(configs[-1]), f"{name}[scalar]")
-        yield Sample((mk.noncontiguous(mk.away_from(2, 3, points=away if not callable(away[0]) else (0.0,))),),
+        yield Sample((mk.noncontiguous(mk.away_from(2, 3, points=tuple(at(away, configs[0])))),),
                      dict(configs[0]), f"{name}[noncontig]")
         yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2, scale=scale)),), dict(configs[0]),
                      f"{name}[4d,channels_last]")
