@@ -1,5 +1,7 @@
 """Activations: ``relu``, ``leaky_relu``, ``threshold``, ``hardtanh``, ``elu``, ``gelu``,
-``sigmoid``, ``tanh``, ``softplus``.
+``sigmoid``, ``tanh``, ``softplus``, ``silu``, ``mish``, ``hardswish``, ``hardsigmoid``, ``selu``,
+``celu``, ``logsigmoid``, ``softsign``, ``hardshrink``, ``softshrink``, ``tanhshrink``, ``relu6``
+and ``prelu`` (whose weight is differentiable: dL/dw_c = sum g x 1[x <= 0] over all but dim 1).
 
 Every rule here is elementwise, ``y_i = f(x_i)``, so its backward is
 ``dL/dx = g * f'(x)``.  At a kink ``f'`` takes torch's own value (stated at each rule),
@@ -11,6 +13,11 @@ double backward uses a different comparison than its backward (``elu`` at 0,
 ``inplace=True`` is not supported by a backward: after an in-place forward the
 tensor passed in holds the output, not the input, so the backward raises
 ``UnsupportedError`` naming ``inplace`` (the forward itself is torch's).
+
+At NaN and +-inf each rule gives torch's answer wherever that answer does not depend on the
+tensor's layout (relu and threshold pass g through at NaN, softplus gives NaN, ...; see
+docs/rules.md); the unselected branch of a ``where`` never evaluates something that would turn
+the second derivative into NaN (elu's ``exp`` of the negative part only).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Tensor algebra of the lecture: ``add``, ``sub``, ``mul``, ``div``, ``pow``, ``exp``, ``log``,
-``sin``, ``cos``, ``abs``, ``sqrt``, ``sum``, ``mean``, ``norm``, ``dot``.
+``sin``, ``cos``, ``abs``, ``sqrt``, ``sum``, ``mean``, ``norm``, ``dot``, with their method and
+operator spellings (``x.exp()``, ``x + y``, ``x / y``, ``x ** y``) as aliases.
 
 Binary ops broadcast: if ``y = f(broadcast(a), broadcast(b))`` then
 ``dL/da = unbroadcast(g * df/da, a.shape)`` (``_shapes.unbroadcast`` sums over the
@@ -10,7 +11,8 @@ be a Python number; its gradient entry is ``None``.
 Conventions at kinks, as torch: ``abs'(0) = sign(0) = 0``; ``pow(x, 0)`` has gradient
 0 everywhere (also at ``x = 0``); ``d(a^b)/db = 0`` where ``a == 0`` and ``b >= 0``;
 ``norm`` at the zero vector has gradient 0 for every ``p``; the inf-norm splits the
-gradient equally between tied maxima.
+gradient equally between tied maxima; the nuclear norm (``p="nuc"``) has ``dL/dX = g U V^T``.
+``div`` with ``rounding_mode="trunc"|"floor"`` is piecewise constant: gradient 0, as torch.
 """
 
 from __future__ import annotations

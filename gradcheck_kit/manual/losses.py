@@ -10,6 +10,7 @@ local derivative.  Writing ``d = x - t``:
 * bce:       dL/dx =  gl w (x - t) / (x (1 - x)),  dL/dt = -gl w logit(x)
 * bce_with_logits: dL/dx = gl w ((p t + 1 - t) sigmoid(x) - p t),
                    dL/dt = -gl w (p logsigmoid(x) - logsigmoid(-x))
+* kl_div:    dL/dx = -gl t,  dL/dt = gl (log t + 1 - x)   (log_target: -gl e^t, gl e^t (t - x + 1))
 * cross_entropy = nll_loss(log_softmax(x)), with the soft target
   ``q = (1 - eps) onehot(t) + eps / C`` (or the given probabilities) and class weight
   ``w_c``:  dL/dlogp = -gl w_c q  and  dL/dx = dL/dlogp - softmax(x) sum_c dL/dlogp.
