@@ -3,10 +3,11 @@
     src = backward_source(loss, {"x": x, "w1": w1, "k": k, "y": y}, wrt=("x", "w1"))
     exec(src, ns);  value, grads = ns["loss_and_grads"](x=x, w1=w1, k=k, y=y)
 
-``loss(**inputs)`` runs once under a ``TorchFunctionMode`` that records each torch call as a
-node (op, arguments, result shape, call site, the variable it was assigned to); Python values
-the loss reads from tensors' metadata (``x.shape``, ``x.numel()``) are folded into literals.
-The module written from that recording imports only ``torch`` and ``torch.nn.functional``:
+``loss(**inputs)`` runs once through ``gradcheck_kit.trace.record`` (the rule engine's op
+recording: one node per torch call with its arguments, shapes, call site and assigned variable);
+``_Recording`` binds each node to a template.  Python values the loss reads from tensors'
+metadata (``x.shape``, ``x.numel()``) arrive as literals: constants folded.  The module written
+from that recording imports only ``torch`` and ``torch.nn.functional``:
 
 * the forward, one statement per op, named after the user's variables (a reassigned name
   gets ``_2``, ``_3``), else ``z1, z2, ...`` (``a1, ...`` for activations), ``c1`` for
@@ -19,11 +20,13 @@ The module written from that recording imports only ``torch`` and ``torch.nn.fun
 * a tensor used more than once gets one term per use, each commented with the use, summed
   in one statement (accumulation only where needed).
 
-The math of each template is the rule's in ``gradcheck_kit.manual`` (the conv input gradient
-is ``conv_transpose`` with ``_shapes.conv_output_padding``; the weight gradient is the
-formulation ``manual.conv.weight_grad_formulation`` picks).  Every emission is verified before
-it is returned: the module is executed on float64 copies of the inputs and ``check()`` compares
-its gradients with autograd's, first and second order (rtol 1e-10); a failure raises
+The math of each template is the rule's in ``gradcheck_kit.manual``: the conv input gradient
+is ``conv_transpose`` with ``_shapes.conv_output_padding``; the weight gradient is the formulation
+``manual.conv.weight_grad_formulation`` picks (its per-tap GEMMs reading x as channels-last
+rows), or, for few output channels, the composites' one GEMM against ``unfold(g)``.  Every
+emission is verified before it is returned (``verify``): the module runs on float64 copies of
+the inputs and ``check()`` compares it with autograd, first and second order (rtol 1e-10), then
+once more at a seeded nearby point (catching values frozen from ``.item()``); a failure raises
 ``EmitVerificationError``.  An op with no template raises ``EmitUnsupportedError`` naming the
 op and its call site.
 """
@@ -33,7 +36,7 @@ from __future__ import annotations
 import ast
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -43,8 +46,6 @@ from gradcheck_kit.errors import EmitError, EmitUnsupportedError, EmitVerificati
 
 __all__ = ["backward_source", "EmitError", "EmitUnsupportedError", "EmitVerificationError", "supported_ops"]
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_KIT_DIR = os.path.dirname(os.path.abspath(__file__))
 _COMMENT_COL = 60          # comments start at this column when the statement is shorter
 _RTOL = 1e-10              # verification: |emitted - autograd| <= 1e-9 max|autograd| + 1e-10 |autograd|
 
@@ -66,13 +67,12 @@ class _Value:
 
 @dataclass(eq=False)
 class _Node:
-    op: str                    # key of _OPS, or "const:<torch name>" for a constant factory
+    op: str                    # key of _OPS, or "const" for a tensor made from no input (a factory)
     params: dict               # bound arguments: _Value for tensors, literals otherwise
     out: _Value
     where: str                 # file:line of the call
     target: str | None = None  # the variable the call's line assigns (the trace's site.assigned)
     func: Any = None
-    extra: dict = field(default_factory=dict)
 
 
 class _Recording:
