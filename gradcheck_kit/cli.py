@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the gradients under test: the case file's manual() (default), or 'rules': the "
                         "registry's explicit backwards applied to the loss's torch calls")
     p.add_argument("--localize", action="store_true",
-                   help="on a mismatch, find the first operation whose gradient is wrong (per-op table)")
+                   help="also check each recorded operation of the loss on its own (a per-operation table)")
     p.add_argument("--plot", metavar="DIR", help="write a PNG heatmap per failing input into DIR "
                    "(needs matplotlib: the [plot] extra)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (tables, hints, pictures)")
