@@ -10,8 +10,9 @@ metadata (``x.shape``, ``x.numel()``) arrive as literals: constants folded.  The
 from that recording imports only ``torch`` and ``torch.nn.functional``:
 
 * the forward, one statement per op, named after the user's variables (a reassigned name
-  gets ``_2``, ``_3``), else ``z1, z2, ...`` (``a1, ...`` for activations), ``c1`` for
-  constants; a non-scalar loss is summed, as ``check`` does;
+  gets ``_2``, ``_3``), else ``z1, z2, ...`` (``a1, ...`` for activations; ``t1``/``s1`` when
+  the user's code has its own ``z``/``a``), ``c1`` for constants; a non-scalar loss is summed,
+  as ``check`` does;
 * the backward, in reverse order, one rule per op written out as its formula (the table
   ``_OPS``: op -> signature, forward style, backward template).  A template gets the names,
   the parameters and the shapes and returns each input's contribution; a cotangent known to
@@ -1182,6 +1183,11 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
     # names: the user's assignment targets (the last op of each statement run), else z1/a1/c1
     last_of_run = {id(n): n.target for n in rec.nodes if n.target}
     summed = len(out.shape) > 0
+    # z1, a1, ... unless the user's code names a variable z (or a): then t1 (s1), so that a
+    # reassigned z_2 never sits next to an unrelated z2
+    user = set(last_of_run.values()) | set(rec.inputs)
+    lin_prefix = next(p for p in ("z", "t", "u", "tmp") if p not in user)
+    act_prefix = next(p for p in ("a", "s", "act") if p not in user)
     for n in nodes:
         if n is out.node and not summed:
             n.out.name = w.fresh("loss")
@@ -1192,7 +1198,7 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
         elif n.op == "const" or not n.out.traced:
             n.out.name = w.numbered("c")
         else:
-            n.out.name = w.numbered("a" if _OPS[n.op].activation else "z")
+            n.out.name = w.numbered(act_prefix if _OPS[n.op].activation else lin_prefix)
 
     names = list(rec.inputs)
     w.lines.append(f"def loss_and_grads({', '.join(names)}):")

@@ -15,17 +15,17 @@ import torch.nn.functional as F
 def loss_and_grads(x, w1, k, y):
     # forward
     z = F.conv2d(x, w1, padding=1)                          # [2, 1, 64, 64]  conv_then_strided_loss.py:33
-    z1 = F.conv2d(z, k, stride=32)                          # [2, 8, 2, 2]  conv_then_strided_loss.py:34
-    z2 = z1 - y                                             # [2, 8, 2, 2]  conv_then_strided_loss.py:34
-    z3 = z2.pow(2)                                          # [2, 8, 2, 2]  conv_then_strided_loss.py:34
-    z4 = z3.sum(dim=[1, 2, 3])                              # [2]  conv_then_strided_loss.py:34
-    losses = z4 * 0.5                                       # [2]  conv_then_strided_loss.py:34
+    t1 = F.conv2d(z, k, stride=32)                          # [2, 8, 2, 2]  conv_then_strided_loss.py:34
+    t2 = t1 - y                                             # [2, 8, 2, 2]  conv_then_strided_loss.py:34
+    t3 = t2.pow(2)                                          # [2, 8, 2, 2]  conv_then_strided_loss.py:34
+    t4 = t3.sum(dim=[1, 2, 3])                              # [2]  conv_then_strided_loss.py:34
+    losses = t4 * 0.5                                       # [2]  conv_then_strided_loss.py:34
     loss = losses.sum()                                     # []  a non-scalar loss is summed
 
     # backward: g_v = dL/dv, in reverse order
-    g_z2 = z2                                               # [2, 8, 2, 2]  0.5 d(x^2)/dx = x
-    # g_z1 is g_z2: d(a - b)/da = 1
-    g_z = F.conv_transpose2d(g_z2, k, stride=32)            # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
+    g_t2 = t2                                               # [2, 8, 2, 2]  0.5 d(x^2)/dx = x
+    # g_t1 is g_t2: d(a - b)/da = 1
+    g_z = F.conv_transpose2d(g_t2, k, stride=32)            # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     x_rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # x zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_flat = F.pad(g_z, (0, 2)).reshape(2, 1, 4224)       # g zero-padded to the padded width (cancels the wrap-around), flat
     g_w1 = torch.stack([torch.bmm(g_z_flat, x_rows[:, off:off + 4224]).sum(0)
