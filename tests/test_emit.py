@@ -214,6 +214,22 @@ def test_emitted_seed002_module_matches_and_runs_standalone(stem):
     _assert_equals_autograd(module.loss_and_grads, case.loss, _case_inputs(case), case.wrt)
 
 
+def test_emitted_modules_run_in_a_bare_interpreter():
+    """python -I: no gradcheck_kit imported, nothing but torch; each module returns finite gradients."""
+    shapes = {}
+    for stem in SEED002:
+        case = load_case(CASES / f"{stem}.py")
+        shapes[stem] = {k: tuple(v.shape) for k, v in _case_inputs(case).items()}
+    code = (
+        "import runpy, sys, torch\n"
+        f"for stem, shapes in {shapes!r}.items():\n"
+        f"    ns = runpy.run_path({str(EMITTED)!r} + '/' + stem + '.py')\n"
+        "    value, grads = ns['loss_and_grads'](**{k: torch.randn(s, dtype=torch.float64) for k, s in shapes.items()})\n"
+        "    assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in grads.values()), stem\n"
+        "assert not [m for m in sys.modules if m.startswith('gradcheck_kit')], 'gradcheck_kit was imported'\n")
+    subprocess.run([sys.executable, "-I", "-c", code], check=True, cwd="/")
+
+
 def test_emitted_conv_relu_conv_reads_as_the_explicit_backward():
     text = (EMITTED / "conv_relu_conv.py").read_text()
     body = text[text.index("# backward"):]
