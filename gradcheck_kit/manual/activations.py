@@ -351,15 +351,15 @@ def softplus_backward(grad_output, input, *, needs_input_grad, beta=1.0, thresho
 #
 # Where torch's double backward takes a constant branch at a kink (selu and celu at 0) the rule
 # does too, so its second derivative there is torch's.  torch has no double backward for
-# hardsigmoid at all, so that rule is marked ``differentiable_backward=False`` for the generic
-# test and its (zero) second derivative is checked against relu6(x + 3) / 6 instead.
+# hardsigmoid at all, so the generic test skips it (tests/manual/test_rules.py) and its
+# second derivative is checked against relu6(x + 3) / 6 instead.
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _activation(name, torch_fn, slope, symbolic_fn, sample_fn, doc, *, params=(), aliases=(),
-                inplace_arg=False, differentiable_backward=True):
+                inplace_arg=False):
     """Register ``y = f(x)`` with ``dL/dx = g * slope(x, **params)``."""
 
     def backward(grad_output, input, *, needs_input_grad, inplace=False, **kw):
@@ -379,7 +379,7 @@ def _activation(name, torch_fn, slope, symbolic_fn, sample_fn, doc, *, params=()
     backward.__name__ = f"{name}_backward"
     symbolic.__name__ = f"{name}_symbolic"
     register(name, torch_fn=torch_fn, tensor_args=("input",), samples=sample_fn, symbolic=symbolic,
-             aliases=aliases, differentiable_backward=differentiable_backward)(backward)
+             aliases=aliases)(backward)
 
 
 def _act_samples(name, *, kinks=(), away=(0.0,), scale=2.0, nan=True, configs=({},)):
@@ -470,8 +470,7 @@ _activation(
     "hardsigmoid", F.hardsigmoid, _hardsigmoid_slope,
     lambda: (lambda x: sympy.Piecewise((0, x <= -3), (1, x >= 3), (x / 6 + sympy.Rational(1, 2), True))),
     _act_samples("hardsigmoid", kinks=[-3.0, 3.0, -4.0, 4.0], away=(-3.0, 3.0), scale=3.0),
-    "y = relu6(x + 3) / 6: dL/dx = g / 6 on (-3, 3), 0 elsewhere (edges too), as torch.", inplace_arg=True,
-    differentiable_backward=False)
+    "y = relu6(x + 3) / 6: dL/dx = g / 6 on (-3, 3), 0 elsewhere (edges too), as torch.", inplace_arg=True)
 _activation(
     "selu", F.selu, lambda x: _elu_like_slope(x, _SELU_ALPHA * _SELU_SCALE, 1.0, _SELU_SCALE),
     lambda: (lambda x: _q(_SELU_SCALE) * sympy.Piecewise((x, x > 0), (_q(_SELU_ALPHA) * (sympy.exp(x) - 1), True))),

@@ -144,7 +144,8 @@ def test_cuda_float64(name):
     rule = manual.get(name)
     for s in rule.samples(device="cuda", dtype=torch.float64):
         check_backward(rule, s.args, s.kwargs)
-        check_double_backward(rule, s.args, s.kwargs)
+        if name != "hardsigmoid":  # torch has no double backward for it (see test_rules.py)
+            check_double_backward(rule, s.args, s.kwargs)
 
 
 # -- prelu and hardsigmoid: torch quirks, spelled out -------------------------------------------

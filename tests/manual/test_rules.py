@@ -32,7 +32,16 @@ def test_float32_matches_autograd(rule, sample):
     check_backward(rule, sample.args, sample.kwargs)
 
 
-@pytest.mark.parametrize("rule,sample", [c for c in CASES64 if c.values[0].differentiable_backward])
+# rules whose backward is differentiable but torch's is not, so there is no reference here;
+# each is compared with an equivalent composite in its family test instead
+NO_TORCH_DOUBLE_BACKWARD = {
+    "hardsigmoid": "derivative for aten::hardsigmoid_backward is not implemented "
+                   "(tests/manual/test_activations.py compares with relu6(x + 3) / 6)",
+}
+
+
+@pytest.mark.parametrize("rule,sample", [c for c in CASES64 if c.values[0].differentiable_backward
+                                         and c.values[0].name not in NO_TORCH_DOUBLE_BACKWARD])
 def test_second_derivative_matches_autograd(rule, sample):
     check_double_backward(rule, sample.args, sample.kwargs)
 
@@ -80,7 +89,7 @@ def test_cuda_float32_matches_autograd(rule):
 def test_cuda_float64_matches_autograd(rule):
     for sample in rule.samples(device="cuda", dtype=torch.float64):
         check_backward(rule, sample.args, sample.kwargs)
-        if rule.differentiable_backward:
+        if rule.differentiable_backward and rule.name not in NO_TORCH_DOUBLE_BACKWARD:
             check_double_backward(rule, sample.args, sample.kwargs)
 
 
