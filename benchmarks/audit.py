@@ -51,10 +51,10 @@ def mutate(g: torch.Tensor, kind: str) -> torch.Tensor | None:
     elif kind == "sign":
         out = -g
     elif kind == "one_element":
-        out = g.clone()
+        out = g.clone(memory_format=torch.contiguous_format)
         out.view(-1)[j] += 0.01 * top if top else 1.0
     elif kind == "zeroed_element":
-        out = g.clone()
+        out = g.clone(memory_format=torch.contiguous_format)
         out.view(-1)[j] = 0
     elif kind == "roll":
         out = g.roll(1, -1) if g.dim() else g

@@ -105,7 +105,7 @@ class FiniteDifferenceReference:
 
     def _full_result(self, run, m, fr, n, pt, top, decide_multiway):
         scale = max(fr.scale, 1e-2 * top, 1e-30)
-        atol, rtol = run.tol(m.dtype, scale, "fd")
+        atol, rtol = run.tol(run.subject[n].dtype, scale, "fd")
         j = _fd.judge(m, fr, atol, rtol)
         undecided = j.undecided.reshape(-1).nonzero().flatten().tolist()
         skipped_smooth = bool(j.bad.any())  # already failing on smooth elements
@@ -135,7 +135,7 @@ class FiniteDifferenceReference:
         cmp = _cmp(m, ref, j.err, j.allowed, j.bad)
         worst_err = float(j.err.reshape(-1)[_flat(cmp.worst_index, ref.shape)]) if cmp.worst_index else None
         k, nt = int(fr.kink.sum()), int((fr.tie & ~fr.kink).sum())
-        res = _result(n, run.dev, m.dtype, m.shape, cmp, atol, rtol, reference="finite-difference",
+        res = _result(n, run.dev, run.subject[n].dtype, m.shape, cmp, atol, rtol, reference="finite-difference",
                       fd_mode="full", fd_evaluations=fr.evaluations, kinks=k)
         res.ties, res.jumps = int(fr.tie.sum()), int(fr.jump.sum())
         res.kinks_inside, res.kinks_hull, res.kinks_outside = j.inside, j.hull, j.outside + capped + skipped
@@ -161,7 +161,7 @@ class FiniteDifferenceReference:
         m = m_t.detach().to("cpu", torch.float64)
         h = run.fd_eps
         scale = max(float(m.abs().max()) if m.numel() else 0.0, 1e-2 * top, 1e-30)
-        atol, rtol = run.tol(m_t.dtype, scale, "fd", noise_floor=False)
+        atol, rtol = run.tol(run.subject[n].dtype, scale, "fd", noise_floor=False)
         tol_i = m.abs() * rtol + atol
         noise = pt.ev.noise(pt.f0) / h
         bound = _fd.Z * float(tol_i.pow(2).mean().sqrt()) + 4 * noise
@@ -179,7 +179,7 @@ class FiniteDifferenceReference:
         fails = [p for p in projs if p.err > p.tol and not (first_point and p.kink)]
         worst = max(projs, key=lambda p: p.err / max(p.tol, 1e-300) * (0 if (first_point and p.kink) else 1))
         kinks = sum(p.kink for p in projs)
-        res = Result(name=n, device=str(run.dev), dtype=str(m_t.dtype).replace("torch.", ""), shape=tuple(m.shape),
+        res = Result(name=n, device=str(run.dev), dtype=str(run.subject[n].dtype).replace("torch.", ""), shape=tuple(m.shape),
                      ok=not fails, max_abs_err=worst.err,
                      max_rel_err=(worst.err / abs(worst.central)) if worst.central else
                      (0.0 if worst.err == 0 else math.inf),
