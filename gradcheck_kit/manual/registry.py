@@ -258,15 +258,33 @@ class Rule:
         return f"Rule({self.name!r} mirrors {self.mirrors_name}, args={self.tensor_args})"
 
 
-def _dotted(fn) -> str:
-    """``torch.Tensor.permute``, ``torch.nn.functional.relu``, ``torch.flatten``."""
-    import torch.nn.functional as F
+_NAMESPACES = ("torch.nn.functional", "torch", "torch.Tensor", "torch.linalg", "torch.special", "torch.fft")
+_NAMES_BY_ID: dict[int, str] = {}
 
+
+def _dotted(fn) -> str:
+    """``torch.Tensor.permute``, ``torch.nn.functional.relu``, ``torch.flatten``: the public name of ``fn``.
+
+    Found by identity in torch's public namespaces (``torch.special.softmax`` is not named
+    ``softmax`` internally), preferring the first namespace listed; a function of ours keeps its
+    module path.
+    """
+    if not _NAMES_BY_ID:
+        import importlib
+
+        for prefix in _NAMESPACES:
+            mod, _, attr = prefix.rpartition(".")
+            ns = getattr(importlib.import_module(mod), attr) if attr == "Tensor" else importlib.import_module(prefix)
+            for name in dir(ns):
+                if name.startswith("_") and not (name.startswith("__") and name.endswith("__")):
+                    continue
+                obj = getattr(ns, name, None)
+                if callable(obj):
+                    _NAMES_BY_ID.setdefault(id(obj), f"{prefix}.{name}")
+    found = _NAMES_BY_ID.get(id(fn))
+    if found is not None:
+        return found
     name = getattr(fn, "__name__", repr(fn))
-    for prefix, namespace in (("torch.nn.functional", F), ("torch", torch), ("torch.Tensor", torch.Tensor),
-                              ("torch.linalg", torch.linalg), ("torch.special", torch.special)):
-        if getattr(namespace, name, None) is fn:
-            return f"{prefix}.{name}"
     qual = getattr(fn, "__qualname__", name).replace("TensorBase.", "Tensor.")
     return f"{getattr(fn, '__module__', None) or 'torch'}.{qual}"
 
