@@ -109,7 +109,7 @@ class FiniteDifferenceReference:
         j = _fd.judge(m, fr, atol, rtol)
         undecided = j.undecided.reshape(-1).nonzero().flatten().tolist()
         skipped_smooth = bool(j.bad.any())  # already failing on smooth elements
-        capped = 0
+        capped = by_autograd = 0
         skipped = 0
         if undecided and decide_multiway and bool(j.bad.any()):
             # already failing on smooth elements: the verdict stands; the kink elements stay undecided (failing)
@@ -128,6 +128,8 @@ class FiniteDifferenceReference:
             bad = j.bad.reshape(-1)
             for i in rest:  # beyond the sampling cap: fail rather than pass unexamined
                 bad[i] = True
+            if "autograd" in run.refs and j.outside:
+                by_autograd = self._autograd_decides(run, n, m, undecided, bad)
         elif undecided:  # not sampled (yet): failing unless the re-check at x' passes and sampling accepts them
             j.outside = len(undecided)
             j.bad = j.bad | j.undecided
@@ -138,7 +140,8 @@ class FiniteDifferenceReference:
         res = _result(n, run.dev, run.subject[n].dtype, m.shape, cmp, atol, rtol, reference="finite-difference",
                       fd_mode="full", fd_evaluations=fr.evaluations, kinks=k)
         res.ties, res.jumps = int(fr.tie.sum()), int(fr.jump.sum())
-        res.kinks_inside, res.kinks_hull, res.kinks_outside = j.inside, j.hull, j.outside + capped + skipped
+        res.kinks_inside, res.kinks_hull = j.inside, j.hull + by_autograd
+        res.kinks_outside = j.outside - by_autograd + capped + skipped
         res.point, res.worst_err = pt.label, worst_err
         res.deferred = bool(undecided) and not decide_multiway and not skipped_smooth
         notes = []
@@ -148,6 +151,8 @@ class FiniteDifferenceReference:
                          + f": {j.inside} inside their one-sided interval, {j.hull} outside it but inside the hull "
                            f"of nearby pieces' gradients (several kinks meet), {j.outside + capped + skipped} outside both"
                          + (f" ({capped} not sampled, counted as failing)" if capped else "")
+                         + (f"; {by_autograd} beyond every sampled piece equal autograd's value there (torch's tie "
+                            f"convention; reference='both'), so accepted" if by_autograd else "")
                          + (f"; {skipped} outside their interval were not sampled further (the input already "
                             f"fails elsewhere)" if skipped else ""))
         if fr.one_sided:
@@ -156,6 +161,26 @@ class FiniteDifferenceReference:
         if not cmp.ok and run.diagnose:
             res.hint = run._hint(n, m, ref, cmp, pt.tensors)
         return res, bool(k or fr.tie.any())
+
+    @staticmethod
+    def _autograd_decides(run, n, m, idx, bad) -> int:
+        """With reference="both": a multi-way kink element beyond every sampled piece passes if it equals
+        autograd's value (torch's tie convention: often the extreme piece, all tied terms off, that random
+        nearby points almost never reach).  Returns how many were accepted so."""
+        if getattr(run, "_fd_autograd", None) is None:
+            from gradcheck_kit._session import _autograd
+            run._fd_autograd = _autograd(run.run_fn, run.loss, run.work, run.wrt_names, {},
+                                         allow_unused=True)[0]
+        a = run._fd_autograd[n].detach().to("cpu", torch.float64).reshape(-1)
+        mm = m.detach().to("cpu", torch.float64).reshape(-1)
+        atol, rtol = run.tol(run.subject[n].dtype, max(float(a.abs().max()) if a.numel() else 0.0, 1e-30),
+                             "autograd")
+        k = 0
+        for i in idx:
+            if bool(bad[i]) and abs(float(mm[i]) - float(a[i])) <= atol + rtol * abs(float(a[i])):
+                bad[i] = False
+                k += 1
+        return k
 
     def _fast_result(self, run, m_t, n, pt, top, gen, per_eval, first_point):
         m = m_t.detach().to("cpu", torch.float64)
@@ -324,9 +349,10 @@ class FiniteDifferenceReference:
     def _hvp_fd(run, subject, tensors):
         """The subject's HVP d/dx <grad, v> against central differences of the subject's own gradient along v.
 
-        For a gradient g = grad f, d/dt g(x + t v) = H v = d/dx <g, v> (H symmetric).  Where g itself jumps
-        along v (a kink of f: relu at 0), its one-sided differences disagree and there is no second
-        derivative: such elements are not compared (counted in ``kinks``).  A manual gradient with no graph
+        For a gradient g = grad f, d/dt g(x + t v) = H v = d/dx <g, v> (H symmetric); the reference is the
+        Richardson combination of the central differences at steps h and h/2.  Where g itself jumps along
+        v (a kink of f: relu at 0) the two differ by a factor 2 and there is no second derivative: such
+        elements are not compared (counted in ``kinks``).  A manual gradient with no graph
         (detached, or built from non-differentiable ops) has no HVP: it fails where the differences of
         its gradient are not 0, and passes with a note where they are (relu: H v = 0 off the kinks).
         """
@@ -343,17 +369,23 @@ class FiniteDifferenceReference:
             eps = float(torch.finfo(run.subject[wrt[0]].dtype).eps)
             h = 3e-3
             g0 = at(0.0)
-        gp, gm = at(1.0), at(-1.0)
+        gp, gm, gp2, gm2 = at(1.0), at(-1.0), at(0.5), at(-0.5)
         ref, kink = {}, {}
         for n in wrt:
-            dp, dm = (gp[n] - g0[n]) / h, (g0[n] - gm[n]) / h
-            ref[n] = (gp[n] - gm[n]) / (2 * h)
+            c1 = (gp[n] - gm[n]) / (2 * h)           # O(h^2)
+            c2 = (gp2[n] - gm2[n]) / h               # step h/2: O(h^2 / 4)
+            ref[n] = (4 * c2 - c1) / 3               # Richardson: O(h^4)
             top_g = float(g0[n].abs().max()) if g0[n].numel() else 0.0
-            spread = (dp - dm).abs()
-            big = torch.maximum(dp.abs(), dm.abs())
-            # the gradient jumps along v (a kink of f): one-sided differences disagree, or it moves O(1) in 2h
-            kink[n] = ((spread > 1e-2 * big + 1e3 * eps * max(top_g, 1.0) / h)
-                       | ((gp[n] - gm[n]).abs() > 1e-3 * max(top_g, 1e-30) + 1e3 * eps * max(top_g, 1.0)))
+            noise = 1e3 * eps * max(top_g, 1e-30) / h
+            # a jump J of the gradient within the step gives c1 = J / 2h but c2 = J / h: they differ by a factor 2;
+            # smooth gradients give c1 = c2 up to O(h^2)
+            dp, dm = (gp[n] - g0[n]) / h, (g0[n] - gm[n]) / h
+            jump = (c1 - c2).abs() > 0.2 * torch.maximum(c1.abs(), c2.abs()) + noise
+            scale0 = float(ref[n][~jump].abs().max()) if bool((~jump).any()) else 0.0
+            a2, r2 = run.tol(run.subject[n].dtype, max(scale0, 1e-30), "fd", order=2, noise_floor=False)
+            # or a kink of the gradient at x (relu units exactly at 0): its one-sided slopes disagree by more
+            # than the comparison could tolerate, so no single second derivative exists there
+            kink[n] = jump | ((dp - dm).abs() > a2 + r2 * torch.maximum(dp.abs(), dm.abs()) + noise)
         mags = {n: float(ref[n][~kink[n]].abs().max()) if bool((~kink[n]).any()) else 0.0 for n in wrt}
         top = max(mags.values(), default=0.0)
         out = []
@@ -362,7 +394,8 @@ class FiniteDifferenceReference:
             _check_finite(r, n, "reference (finite differences of the subject's gradient)")
             scale = max(mags[n], 1e-2 * top, 1e-30)
             atol, rtol = run.tol(run.subject[n].dtype, scale, "fd", order=2, noise_floor=False)
-            atol = max(atol, 100 * eps * float(g0[n].abs().max()) / h if g0[n].numel() else 0.0)
+            floor = (100 if eps == _fd.EPS64 else 1000) * eps  # a gradient only computable in low precision
+            atol = max(atol, floor * float(g0[n].abs().max()) / h if g0[n].numel() else 0.0)
             s = subject.hvp[n].detach().to("cpu", torch.float64) if subject.hvp is not None else torch.zeros_like(r)
             s = torch.where(kink[n], torch.zeros_like(s), s)
             cmp = _compare(s, r, atol, rtol)
@@ -387,7 +420,7 @@ class FiniteDifferenceReference:
                             f"consistently" + (f"; the gradient of {', '.join(map(repr, subject.detached))} is "
                                                f"detached" if subject.detached else ""))
             res.note = note
-            res.fd_evaluations = 3
+            res.fd_evaluations = 5
             if h != run.fd_eps:
                 res.note += (f"; manual ran only in {str(run.subject[n].dtype).replace('torch.', '')}, so the step "
                              f"was {h:g} and the tolerance holds its rounding ({_fmt(atol)})")
