@@ -144,12 +144,24 @@ def batch_norm_symbolic(input, running_mean, running_var, weight=None, bias=None
     return np.asarray(y, dtype=object)
 
 
+def _batch_norm_save(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                     eps=1e-05):
+    """The forward and, in training, the batch mean and 1 / sqrt(var + eps) it normalised with
+    (``saved["mean"]``, ``saved["invstd"]``), as torch's kernel returns them; the backward then
+    skips recomputing the statistics."""
+    c = input.shape[1] if input.dim() >= 2 else 0
+    if not training or c == 0 or input.numel() // c <= 1 or not hasattr(torch, "native_batch_norm"):
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps), {}
+    out, mean, invstd = torch.native_batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps)
+    return out, {"mean": mean, "invstd": invstd}
+
+
 @register("batch_norm", torch_fn=F.batch_norm,
           tensor_args=("input", "running_mean", "running_var", "weight", "bias"),
           samples=_batch_norm_samples, symbolic=batch_norm_symbolic,
-          nondifferentiable=("running_mean", "running_var"))
+          nondifferentiable=("running_mean", "running_var"), save=_batch_norm_save)
 def batch_norm_backward(grad_output, input, running_mean, running_var, weight=None, bias=None, *,
-                        needs_input_grad, training=False, momentum=0.1, eps=1e-05):
+                        needs_input_grad, training=False, momentum=0.1, eps=1e-05, saved=None):
     """Training: batch statistics over (N, *spatial) per channel, dL/dx = r (h - mean(h) - xhat mean(h xhat));
     eval: running statistics (constants), dL/dx = g w / sqrt(running_var + eps).
     dL/dw = sum(g xhat), dL/db = sum(g) over (N, *spatial).  The running statistics are read, never
@@ -194,7 +206,11 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     # Per element that is one affine map of (g, x - mu) with per-channel coefficients
     # (_channel_affine, then addcmul_), without materialising xhat or its products.
     sum_g = grad_output.sum(dims, keepdim=True) if (needs_input_grad[0] or needs_input_grad[4]) else None
-    xc, r = _batch_stats(input, dims, m, eps)
+    if saved and "mean" in saved:  # the forward's statistics: x - mu and r without recomputing them
+        xc = input - _channel_view(saved["mean"].to(input.dtype), input)
+        r = _channel_view(saved["invstd"].to(input.dtype), input)
+    else:
+        xc, r = _batch_stats(input, dims, m, eps)
     sum_gxc = None
     if needs_input_grad[0] or needs_input_grad[3]:
         sum_gxc = (grad_output * xc).sum(dims, keepdim=True)
