@@ -284,7 +284,7 @@ def _scatter_selected(x, g, idx, S, batched):
 
 
 def _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride, padding,
-                       dilation, ceil_mode, return_indices):
+                       dilation, ceil_mode, return_indices, indices=None):
     grad_output = _values_grad(op, grad_output, return_indices)
     axes = _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode)
     batched, S = _spatial(op, nd, input)
@@ -296,9 +296,12 @@ def _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size
         return (None,)
     x = input if batched else input.unsqueeze(0)
     g = grad_output if batched else grad_output.unsqueeze(0)
-    idx = _max_pool_selection_fast(x, axes) if MAX_POOL_FAST_PATH else None
-    if idx is None:
-        idx = _max_pool_selection(x, axes)
+    if indices is not None:  # the forward's selection (register(save=...)): flat positions per plane
+        idx = indices if batched else indices.unsqueeze(0)
+    else:
+        idx = _max_pool_selection_fast(x, axes) if MAX_POOL_FAST_PATH else None
+        if idx is None:
+            idx = _max_pool_selection(x, axes)
     # dL/dx[i] = sum_{o : a(o) = i} g[o]
     return (_scatter_selected(x, g, idx, S, batched),)
 
@@ -350,12 +353,19 @@ def _make_max_pool(nd: int, torch_fn, samples):
         axes = _max_pool_axes(op, nd, input, kernel_size, stride, padding, dilation, ceil_mode)
         return _symbolic_pool(input, axes, lambda elems, o: _first_max(elems))
 
-    @register(op, torch_fn=torch_fn, tensor_args=("input",), samples=samples, symbolic=symbolic)
+    def save(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+        # torch's forward with its indices (flat positions in each input plane, the same first-maximum
+        # convention): saved["indices"] spares the backward the search for each window's maximum
+        out, idx = torch_fn(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+        return ((out, idx) if return_indices else out), {"indices": idx}
+
+    @register(op, torch_fn=torch_fn, tensor_args=("input",), samples=samples, symbolic=symbolic, save=save)
     def backward(grad_output, input, *, needs_input_grad, kernel_size, stride=None, padding=0, dilation=1,
-                 ceil_mode=False, return_indices=False):
+                 ceil_mode=False, return_indices=False, saved=None):
         # dL/dx = scatter_add of g onto the first maximum (last NaN) of each window
         return _max_pool_backward(op, nd, grad_output, input, needs_input_grad, kernel_size, stride,
-                                  padding, dilation, ceil_mode, return_indices)
+                                  padding, dilation, ceil_mode, return_indices,
+                                  indices=(saved or {}).get("indices"))
 
     backward.__name__ = backward.__qualname__ = f"{op}_backward"
     backward.__doc__ = (f"dL/dx[i] = sum of g[o] over the windows o of {op} that select x[i] "
