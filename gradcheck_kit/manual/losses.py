@@ -556,13 +556,20 @@ def softmax_symbolic(input, dim=None, _stacklevel=3, dtype=None):
     return e / e.sum(axis=_softmax_dim(x, dim), keepdims=True)
 
 
+def _softmax_save(input, dim=None, _stacklevel=3, dtype=None):
+    out = F.softmax(input, dim, _stacklevel, dtype)
+    return out, {"output": out}
+
+
 @register("softmax", torch_fn=F.softmax, tensor_args=("input",), samples=_softmax_samples("softmax"),
-          symbolic=softmax_symbolic, aliases=(torch.softmax, torch.Tensor.softmax, torch.special.softmax))
-def softmax_backward(grad_output, input, *, needs_input_grad, dim=None, _stacklevel=3, dtype=None):
+          symbolic=softmax_symbolic, aliases=(torch.softmax, torch.Tensor.softmax, torch.special.softmax),
+          save=_softmax_save)
+def softmax_backward(grad_output, input, *, needs_input_grad, dim=None, _stacklevel=3, dtype=None, saved=None):
     """y = softmax(x): dL/dx = y (g - sum_dim(g y))."""
     dim = _softmax_dim(input, dim)
     x = input if dtype is None else input.to(dtype)
-    return (_softmax_backward(grad_output, torch.softmax(x, dim), dim).to(input.dtype),)
+    y = saved["output"] if saved else torch.softmax(x, dim)  # the forward's y, when saved
+    return (_softmax_backward(grad_output, y, dim).to(input.dtype),)
 
 
 def log_softmax_symbolic(input, dim=None, _stacklevel=3, dtype=None):
@@ -570,14 +577,21 @@ def log_softmax_symbolic(input, dim=None, _stacklevel=3, dtype=None):
     return _sym_log_softmax(x, _softmax_dim(x, dim))
 
 
+def _log_softmax_save(input, dim=None, _stacklevel=3, dtype=None):
+    out = F.log_softmax(input, dim, _stacklevel, dtype)
+    return out, {"output": out}
+
+
 @register("log_softmax", torch_fn=F.log_softmax, tensor_args=("input",), samples=_softmax_samples("log_softmax"),
           symbolic=log_softmax_symbolic,
-          aliases=(torch.log_softmax, torch.Tensor.log_softmax, torch.special.log_softmax))
-def log_softmax_backward(grad_output, input, *, needs_input_grad, dim=None, _stacklevel=3, dtype=None):
+          aliases=(torch.log_softmax, torch.Tensor.log_softmax, torch.special.log_softmax), save=_log_softmax_save)
+def log_softmax_backward(grad_output, input, *, needs_input_grad, dim=None, _stacklevel=3, dtype=None,
+                         saved=None):
     """y = log_softmax(x): dL/dx = g - softmax(x) sum_dim(g)."""
     dim = _softmax_dim(input, dim)
     x = input if dtype is None else input.to(dtype)
-    return (_log_softmax_backward(grad_output, torch.log_softmax(x, dim), dim).to(input.dtype),)
+    y = saved["output"] if saved else torch.log_softmax(x, dim)  # the forward's y, when saved
+    return (_log_softmax_backward(grad_output, y, dim).to(input.dtype),)
 
 
 # ---------------------------------------------------------------------------
