@@ -81,9 +81,17 @@ def relu_symbolic(input, inplace=False):
     return _sym(_symbolic.relu_piece, input)
 
 
+def _relu_save(input, inplace=False):
+    # y = relu(x) is <= 0 exactly where x is (y = 0 there; y = x elsewhere, NaN included), so the
+    # backward's mask 1[not x <= 0] read from y is the same: saved["input"] = y stands in for x
+    # (manual.functional then keeps y, as autograd's relu does, and not x)
+    out = F.relu(input)
+    return out, {"input": out}
+
+
 @register("relu", torch_fn=F.relu, tensor_args=("input",), samples=relu_samples, symbolic=relu_symbolic,
-          aliases=(torch.relu, torch.Tensor.relu))
-def relu_backward(grad_output, input, *, needs_input_grad, inplace=False):
+          aliases=(torch.relu, torch.Tensor.relu), save=_relu_save)
+def relu_backward(grad_output, input, *, needs_input_grad, inplace=False, saved=None):
     """dL/dx = g * 1[not x <= 0]: relu'(0) = 0, and at x = NaN the gradient passes through, as torch."""
     _no_inplace("relu", inplace)
     if not needs_input_grad[0]:
