@@ -101,12 +101,24 @@ class _RuleFunction(Function):
             if isinstance(o, torch.Tensor) and any(o is t for t in tensors):
                 o = o.view_as(o)   # an identity result must be a new tensor for autograd
             fixed.append(o)
-        to_save = list(tensors)
+        # A saved entry named like a tensor argument stands in for that argument in the backward,
+        # at every order (the rule's claim, checked by tests/manual/test_functional.py): relu saves
+        # {"input": y}, since 1[not y <= 0] = 1[not x <= 0], so x itself is not kept.
+        stand_in = {k: saved[label] for k, label in enumerate(call.slot_names)
+                    if isinstance(saved.get(label), torch.Tensor)}
+        to_save = [stand_in.get(k, t) for k, t in enumerate(tensors)]
+        ctx.cloned = False
         if call.inplace:
-            # F.relu(x, inplace=True): computed out of place, then written into x; the backward
-            # needs x's old value, so a copy of it is saved.
-            to_save[call.args[0].k] = target.clone()
+            # F.relu(x, inplace=True): computed out of place, then written into x.  The backward
+            # needs x's old value: a copy of it, unless a stand-in was saved (relu: y, which is
+            # now x itself).
+            k0 = call.args[0].k
+            if k0 not in stand_in:
+                to_save[k0] = target.clone()
+                ctx.cloned = True
             target.copy_(fixed[0])
+            if stand_in.get(k0) is outs[0]:
+                to_save[k0] = target
             fixed[0] = target
             ctx.mark_dirty(target)
         # Inputs a rule never differentiates (targets, running statistics) are kept as they are:
@@ -116,7 +128,8 @@ class _RuleFunction(Function):
             if _base(label) in rule.nondifferentiable and not t.requires_grad:
                 ctx.constants[k] = t
                 to_save[k] = None
-        keys = [k for k, v in saved.items() if isinstance(v, torch.Tensor)]
+        used = {call.slot_names[k] for k in stand_in}
+        keys = [k for k, v in saved.items() if isinstance(v, torch.Tensor) and k not in used]
         ctx.saved_static = {k: v for k, v in saved.items() if not isinstance(v, torch.Tensor)}
         ctx.saved_keys = keys
         ctx.n_inputs = len(tensors)
@@ -142,7 +155,7 @@ class _RuleFunction(Function):
         stored = ctx.saved_tensors
         inputs = [ctx.constants[k] if k in ctx.constants else stored[k] for k in range(n)]
         create_graph = torch.is_grad_enabled()
-        if ctx.inplace and create_graph:
+        if ctx.cloned and create_graph:
             raise UnsupportedError(f"the second derivative through an in-place {rule.name} "
                                    f"({rule.name}(..., inplace=True)) is not supported; call it out of place.")
         saved = None if create_graph else {**ctx.saved_static, **dict(zip(ctx.saved_keys, stored[n:]))}

@@ -144,3 +144,61 @@ def test_undifferentiated_argument_requiring_grad_refuses():
     with pytest.raises(UnsupportedError, match="running_mean"):
         MF.batch_norm(x, rm, rv)
     MF.batch_norm(x, rm.detach(), rv)   # the correct twin: nothing undifferentiated requires grad
+
+
+def _stands_in(rule) -> bool:
+    s = rule.samples(dtype=torch.float64)[0]
+    return set(rule.forward_saved(*s.args, **s.kwargs)[1]) & set(rule.tensor_args) != set()
+
+
+def _saved_cases():
+    for rule in manual.rules():
+        if rule.save_impl is None or not _stands_in(rule):
+            continue
+        for sample in rule.samples(dtype=torch.float64):
+            yield pytest.param(rule, sample, id=f"{rule.name}-{sample.name}")
+
+
+@pytest.mark.parametrize("rule,sample", list(_saved_cases()))
+def test_saved_stand_ins_give_the_same_backward(rule, sample):
+    """A saved entry named like a tensor argument (relu: {"input": y}) replaces that argument in
+    functional's backward: the rule's backward must be the same at the stand-in."""
+    torch.manual_seed(0)
+    out, saved = rule.forward_saved(*sample.args, **sample.kwargs)
+    subs = {i: saved[n] for i, n in enumerate(rule.tensor_args[: len(sample.args)])
+            if isinstance(saved.get(n), torch.Tensor)}
+    if not subs:
+        pytest.skip("no stand-in saved")
+    o = out[0] if isinstance(out, tuple) else out
+    g = torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=o.dtype)
+    g = (g,) + (None,) * (len(out) - 1) if isinstance(out, tuple) else g
+    args = list(sample.args)
+    stood = [subs.get(i, a) for i, a in enumerate(args)]
+    torch.manual_seed(0)
+    ref = rule.backward(g, *args, **sample.kwargs)
+    torch.manual_seed(0)
+    got = rule.backward(g, *stood, **sample.kwargs)
+    for m, r in zip(got, ref):
+        _close(m, r, torch.float64, f"{rule.name}: backward at the saved stand-in")
+
+
+def test_planted_false_stand_in_is_caught(monkeypatch):
+    """The correct twin above passes for relu; a stand-in that is not equivalent (tanh's output for
+    its input) must be caught by the same comparison."""
+    rule = manual.get("tanh")
+    monkeypatch.setattr(rule, "save_impl", lambda input: (torch.tanh(input), {"input": torch.tanh(input)}))
+    sample = rule.samples(dtype=torch.float64)[0]
+    with pytest.raises(AssertionError, match="stand-in"):
+        test_saved_stand_ins_give_the_same_backward(rule, sample)
+
+
+def test_in_place_relu_keeps_no_copy_and_differentiates_twice():
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    h = x * 1.5
+    y = MF.relu(h, inplace=True)
+    assert y is h and y.grad_fn.name() == "_RuleFunctionBackward"
+    (gx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+    (hx,) = torch.autograd.grad(gx.sum(), x)
+    mask = (x.detach() > 0).double()
+    torch.testing.assert_close(gx, 2 * 1.5 * 1.5 * x.detach() * mask)
+    torch.testing.assert_close(hx, 2 * 1.5 * 1.5 * mask)
