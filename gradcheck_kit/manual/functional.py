@@ -19,6 +19,8 @@ the backward (``create_graph=True``) grad mode is on inside it, the inputs come 
 differentiable torch program, so d(backward)/d(inputs, g) is autograd's derivative of the
 rule's formula.  ``saved`` is then not used: it was computed without history, and the
 rule recomputes it from the inputs (the registry's contract: same answer with or without).
+A saved entry named like a tensor argument (relu's ``{"input": y}``) stands in for that argument
+in the backward at every order, so the Function keeps it instead of the argument.
 
 ``functional.<name>`` exists for every registered rule (generated from the registry when
 first used: ``functional.names()``).  ``no_weight_gradients()`` skips the weight gradient of
