@@ -150,7 +150,10 @@ def _batch_norm_save(input, running_mean, running_var, weight=None, bias=None, t
     (``saved["mean"]``, ``saved["invstd"]``), as torch's kernel returns them; the backward then
     skips recomputing the statistics."""
     c = input.shape[1] if input.dim() >= 2 else 0
-    if not training or c == 0 or input.numel() // c <= 1 or not hasattr(torch, "native_batch_norm"):
+    # while autograd records (a caller differentiating the backward again) nothing is saved: torch's
+    # statistics carry no history, the recomputed ones do
+    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias))
+    if not training or recording or c == 0 or input.numel() // c <= 1 or not hasattr(torch, "native_batch_norm"):
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps), {}
     out, mean, invstd = torch.native_batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps)
     return out, {"mean": mean, "invstd": invstd}
