@@ -158,9 +158,9 @@ def rule_variants(rule_name: str, args: tuple, kwargs: dict, device: str, seed: 
     leaves = tuple(a.detach().requires_grad_() if m else a for a, m in zip(args, mask))
     wanted = [a for a, m in zip(leaves, mask) if m]
 
-    def man():
-        o = rule.torch_fn(*args, **kwargs)
-        return o, rule.backward(g, *args, **kwargs)
+    def man():  # the forward with what the rule's backward may reuse (max-pool indices, statistics)
+        o, saved = rule.forward_saved(*args, **kwargs)
+        return o, rule.backward(g, *args, saved=saved, **kwargs)
 
     def auto():
         o = rule.torch_fn(*leaves, **kwargs)
