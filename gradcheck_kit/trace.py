@@ -449,74 +449,104 @@ class _Binder:
 
 
 def _binding_signature(fn, rule) -> tuple[inspect.Signature, frozenset, bool]:
-    b = _binder(fn, rule)
+    b = _binders(fn, rule)[0]
     return b.signature, b.accepted, b.var_kw
 
 
-def _binder(fn, rule) -> _Binder:
+@functools.lru_cache(maxsize=1)
+def _overrides() -> dict:
+    """torch's own Python signatures of its builtins (``torch.softmax(input, dim, dtype=None)``)."""
+    try:
+        return torch.overrides.get_testing_overrides()
+    except Exception:  # pragma: no cover - a torch without it
+        return {}
+
+
+def _binders(fn, rule) -> list:
+    """Candidate ways to bind calls of ``fn`` to ``rule``, most faithful first (computed once per pair)."""
     key = (fn, rule.name)
     try:
         return _BINDERS[key]
     except (KeyError, TypeError):
         pass
-    sig, accepted, var_kw = _build_signature(fn, rule)
     P = inspect.Parameter
-    params = list(sig.parameters.values())
-    impl = inspect.signature(rule.backward_impl).parameters
-    defaults = {n: (None if impl[n].default is P.empty else impl[n].default) if n in impl else None
-                for n in rule.tensor_args}
-    b = _Binder(sig, tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
-                frozenset(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)),
-                accepted, var_kw, defaults)
-    try:
-        _BINDERS[key] = b
-    except TypeError:
-        pass
-    return b
-
-
-def _build_signature(fn, rule) -> tuple[inspect.Signature, frozenset, bool]:
-    """(signature to bind a call against, names the rule accepts, whether it takes **kwargs).
-
-    Python functions (``F.relu``, ``F.batch_norm``) bind against their own signature; builtins
-    (``torch.conv2d``, ``Tensor.sum``) against the rule's backward, whose parameters follow
-    torch's order (tensors, then the other arguments).
-    """
     impl = inspect.signature(rule.backward_impl)
     accepted = frozenset(p for p in impl.parameters if p not in _INTERNAL_PARAMS)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in impl.parameters.values())
-    sig = None
-    for cand in (fn, rule.mirrors):
+    defaults = {n: (None if impl.parameters[n].default is P.empty else impl.parameters[n].default)
+                if n in impl.parameters else None for n in rule.tensor_args}
+    sigs = []
+    try:
+        override = _overrides().get(fn)
+    except TypeError:
+        override = None
+    # fn's own signature (Python functions such as F.batch_norm), torch's documented signature of a
+    # builtin (torch.softmax(input, dim, dtype): dtype third, where F.softmax has _stacklevel), the
+    # mirrored function's, and last the rule's backward (torch's order: tensors, then the rest)
+    for cand, is_lambda in ((fn, False), (override, True), (rule.mirrors, False)):
+        if cand is None:
+            continue
         try:
-            s = inspect.signature(cand)
+            sig = inspect.signature(cand)
         except (TypeError, ValueError):
             continue
-        ps = list(s.parameters.values())
-        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in ps):
+        ps = list(sig.parameters.values())
+        if not ps or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in ps):
             continue   # (*args, **kwargs) dispatchers such as F.max_pool2d
-        if ps and ps[0].name == "self":   # a Tensor method written in Python: self is the first tensor
+        if ps[0].name == "self":   # a Tensor method: self is the first tensor
             ps[0] = ps[0].replace(name=rule.tensor_args[0])
-        if not var_kw and any(p.name not in accepted for p in ps):
-            continue   # names differ from the rule's (Tensor.__getitem__(self, key)): use the rule's
-        sig = s.replace(parameters=ps)
-        break
-    if sig is None:
-        ps = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD, default=inspect.Parameter.empty)
-              for name, p in impl.parameters.items()
-              if name not in _INTERNAL_PARAMS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        sig = inspect.Signature(ps)
-    return sig, accepted, var_kw
+        if not var_kw and any(p.name not in accepted and p.name != "out" for p in ps):
+            continue   # names differ from the rule's (Tensor.__getitem__(self, key)): not this one
+        sigs.append(sig.replace(parameters=ps))
+    sigs.append(inspect.Signature([p.replace(kind=P.POSITIONAL_OR_KEYWORD, default=P.empty)
+                                   for name, p in impl.parameters.items()
+                                   if name not in _INTERNAL_PARAMS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]))
+    out = []
+    for sig in sigs:
+        params = list(sig.parameters.values())
+        out.append(_Binder(sig, tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
+                           frozenset(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)),
+                           accepted, var_kw, defaults))
+    try:
+        _BINDERS[key] = out
+    except TypeError:
+        pass
+    return out
+
+
+# Tensor methods taking their sizes as separate ints (``x.view(2, -1)``) where the function takes a tuple.
+_VARARG_METHODS = frozenset({"view", "reshape", "permute", "expand", "repeat", "tile", "flip"})
 
 
 def bind(rule, fn, args, kwargs, in_place: bool = False) -> RuleCall:
-    """Normalise ``fn(*args, **kwargs)`` to ``rule``'s form; ``BindError`` says why when it cannot."""
-    b = _binder(fn, rule)
+    """Normalise ``fn(*args, **kwargs)`` to ``rule``'s form; ``BindError`` says why when it cannot.
+
+    The first candidate signature (``_binders``) that takes the call is used.
+    """
+    name = _name_of(fn)
+    n_t = len(rule.tensor_args)
+    if name in _VARARG_METHODS and getattr(torch.Tensor, name, None) is fn and len(args) > n_t and \
+            all(isinstance(a, int) and not isinstance(a, bool) for a in args[n_t:]):
+        args = tuple(args[:n_t]) + (tuple(args[n_t:]),)   # x.reshape(-1), x.permute(1, 0): one size tuple
+    first = None
+    for pack in (False, True):
+        for b in _binders(fn, rule):
+            try:
+                return _bind_with(b, rule, args, kwargs, in_place, pack)
+            except BindError as e:
+                first = first or e
+    raise first
+
+
+def _bind_with(b, rule, args, kwargs, in_place: bool, pack: bool) -> RuleCall:
     n_pos = len(b.positional)
     if len(args) > n_pos:
         # x.view(2, -1), x.permute(0, 2, 1): trailing numbers packed into the one remaining argument
+        # (only when no signature takes them as they are)
         first_extra = len(rule.tensor_args)
-        if len(args) > first_extra and all(isinstance(a, int) for a in args[first_extra:]) and \
-                n_pos == first_extra + 1:
+        extra = args[first_extra:]
+        if pack and len(args) > first_extra and n_pos == first_extra + 1 and \
+                all(isinstance(a, int) and not isinstance(a, bool) for a in extra):
             args = tuple(args[:first_extra]) + (tuple(args[first_extra:]),)
         else:
             raise BindError(f"{len(args)} positional arguments for {rule.name}{b.signature}")
@@ -527,13 +557,13 @@ def bind(rule, fn, args, kwargs, in_place: bool = False) -> RuleCall:
         if k not in b.keyword and not (b.var_kw and k not in b.positional):
             raise BindError(f"rule {rule.name!r} does not take argument {k!r}")
         given[k] = v
+    if given.get("out") is not None:
+        raise BindError("out= is not supported")
+    given.pop("out", None)
     if not b.var_kw:
         for name in given:
             if name not in b.accepted:
                 raise BindError(f"rule {rule.name!r} does not take argument {name!r}")
-    if given.get("out") is not None:
-        raise BindError("out= is not supported")
-    given.pop("out", None)
     names = rule.tensor_args
     last = max((i for i, n in enumerate(names) if n in given), default=-1)
     tensors, slot_names = [], []

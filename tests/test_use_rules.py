@@ -260,3 +260,30 @@ def test_sequences_multi_output_indexing_operators_first_and_second_order():
     hr = torch.autograd.grad(sum((x ** 2).sum() for x in gr), (a2, b2))
     for m, r in zip(hm, hr):
         torch.testing.assert_close(m, r)
+
+
+_SPELLINGS = {
+    "softmax_dtype_positional": lambda x: torch.softmax(x, 1, torch.float64),   # dtype third, not _stacklevel
+    "method_softmax": lambda x: x.softmax(1, dtype=torch.float64),
+    "sum_keepdim_positional": lambda x: x.sum(1, True),
+    "view_ints": lambda x: x.view(2, -1),
+    "view_one_int": lambda x: x.view(-1),
+    "permute_ints": lambda x: x.permute(1, 0),
+    "reshape_one_int": lambda x: x.reshape(-1),
+    "reshape_tuple": lambda x: x.reshape((2, 6)),
+    "max_dim": lambda x: torch.max(x, 1)[0],
+}
+
+
+@pytest.mark.parametrize("name", list(_SPELLINGS))
+def test_call_spellings_bind_like_torch(name):
+    """Positional arguments mean what torch means by them, whatever the spelling."""
+    fn = _SPELLINGS[name]
+    x = torch.randn(3, 4, requires_grad=True)
+    with use_rules(strict=True):
+        y = fn(x)
+    xr = x.detach().requires_grad_()
+    ref = fn(xr)
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(ref.sum(), xr)[0])
