@@ -30,7 +30,11 @@ Data model (what ``gradcheck_kit.emit`` and ``localize`` build on):
   set to its class (``op`` is the class name); the ops its forward ran are
   ``node.children`` (nodes with their own indices, same value ids).  ``TorchFunctionMode``
   does not see ``Function.apply``, so within a recording ``Function.apply`` is wrapped
-  (for this thread only; other threads call the original).
+  (for this thread only; other threads call the original), and an ``apply`` bound before
+  the recording began (``act = MyRelu.apply``) is seen by a profile hook on torch's
+  ``Function.apply`` frames, installed in the recording's thread only while it records
+  (an existing Python profiler is chained and restored; a C profiler such as cProfile is
+  left alone, and then only the wrapped attribute is seen).
 * ``trace.outputs``: ids of the loss's outputs; ``trace.result``: the loss value.
 
 The interception is one ``TorchFunctionMode`` per thread (``_Engine``) shared by every
@@ -48,6 +52,7 @@ import linecache
 import os
 import sys
 import threading
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
@@ -226,7 +231,11 @@ _SKIP = (_TORCH_DIR, _KIT_DIR, os.path.dirname(__import__("contextlib").__file__
 
 def call_site(skip: int = 1) -> CallSite | None:
     """The innermost frame outside torch, gradcheck_kit and contextlib: file, line, function, code, target."""
-    frame = sys._getframe(skip)
+    return _site_from(sys._getframe(skip))
+
+
+def _site_from(frame) -> CallSite | None:
+    """``call_site`` starting at ``frame`` (itself included) and walking outwards."""
     while frame is not None:
         fname = frame.f_code.co_filename
         if not (fname.startswith(_SKIP) or fname.startswith("<frozen")):
@@ -523,6 +532,17 @@ def bind(rule, fn, args, kwargs, in_place: bool = False) -> RuleCall:
 
     The first candidate signature (``_binders``) that takes the call is used.
     """
+    as_rule = getattr(rule.torch_fn, "call_as_rule", None)
+    if as_rule is not None:
+        # torch.einsum(*args): no named parameters to bind against; the rule maps torch's spellings
+        # (einsum(eq, a, b), einsum(eq, [a, b]), sublists) onto its own form.  A call already in the
+        # rule's form is refused by it and bound below as it is.
+        from gradcheck_kit.errors import GradcheckKitError
+
+        try:
+            args, kwargs = as_rule(*args, **kwargs)
+        except GradcheckKitError:
+            pass
     name = _name_of(fn)
     n_t = len(rule.tensor_args)
     if name in _VARARG_METHODS and getattr(torch.Tensor, name, None) is fn and len(args) > n_t and \
@@ -601,12 +621,17 @@ class _State(threading.local):
         self.listeners: list = []
         self.mode: _Engine | None = None
         self.suspended = 0
+        self.hook_depth = 0         # active listeners of this thread that want bound applies seen
+        self.hooked = False         # our profile hook is installed in this thread
+        self.hook_prev = None       # the profile function it replaced (called first from ours)
+        self.applies: list = []     # open Function.apply frames the hook reported: (frame, call, listeners)
 
 
 _state = _State()
 _patch_lock = threading.Lock()
 _patch_count = 0
 _ORIG_APPLY = Function.__dict__["apply"]
+_APPLY_CODE = _ORIG_APPLY.__func__.__code__
 
 
 @contextmanager
@@ -676,18 +701,36 @@ def _patched_apply(cls, *args, **kwargs):
     orig = _ORIG_APPLY.__get__(None, cls)
     if st.suspended or not st.listeners or getattr(cls, "_gradcheck_kit_internal", False) or _in_backward():
         return orig(*args, **kwargs)
+    call, listeners = _function_before(cls, args, kwargs, call_site(2))
+    try:
+        out = orig(*args, **kwargs)   # the profile hook knows this frame's caller: not reported twice
+    except BaseException:
+        _function_abandon(call, listeners)
+        raise
+    _function_after(call, listeners, out)
+    return out
+
+
+def _function_before(cls, args, kwargs, site):
+    """Show the listeners a custom Function about to run: ``(call, listeners)``."""
+    st = _state
     call = Intercepted(cls.apply, args, kwargs)
     call.function = cls
     call.via = "function"
+    call._site = site
+    listeners = list(st.listeners)
     st.suspended += 1
     try:
-        call._site = call_site(2)
-        listeners = list(st.listeners)
         for lst in listeners:
             lst.before(call)
     finally:
         st.suspended -= 1
-    out = orig(*args, **kwargs)
+    return call, listeners
+
+
+def _function_after(call, listeners, out) -> None:
+    """``apply`` returned ``out`` (with its grad_fn set): show the listeners the finished call."""
+    st = _state
     call.result = out
     st.suspended += 1
     try:
@@ -695,7 +738,98 @@ def _patched_apply(cls, *args, **kwargs):
             lst.after(call)
     finally:
         st.suspended -= 1
-    return out
+
+
+def _function_abandon(call, listeners) -> None:
+    """``apply`` raised: listeners that keep state per open Function (``abandon``) drop it."""
+    st = _state
+    st.suspended += 1
+    try:
+        for lst in listeners:
+            ab = getattr(lst, "abandon", None)
+            if ab is not None:
+                ab(call)
+    finally:
+        st.suspended -= 1
+
+
+# A Function's ``apply`` taken before a recording began (``act = MyRelu.apply`` at import time) is
+# a method bound to torch's original and never reaches the class-level patch.  While a listener of
+# this thread asks for it (``sees_bound_functions``: the Recorder), a profile hook (``sys.setprofile``
+# is per thread) reports every Python frame of torch's ``Function.apply``: at its start the
+# listeners see ``before(call)`` with the class and arguments from the frame, at its return
+# ``after(call)`` with what ``apply`` returns (outputs with their grad_fn).  Frames entered from
+# ``_patched_apply`` are skipped (it reports them itself).  A profiler already set is called
+# first and restored afterwards; one set in C (cProfile) cannot be chained, so the hook is then
+# not installed and only calls through the class attribute are seen.
+
+def _profile_hook(frame, event, arg):
+    st = _state
+    prev = st.hook_prev
+    if prev is not None:
+        prev(frame, event, arg)
+    if frame.f_code is not _APPLY_CODE:
+        return
+    if event == "call":
+        _bound_apply_started(st, frame)
+    elif event == "return":
+        _bound_apply_returned(st, frame, arg)
+
+
+def _bound_apply_started(st, frame) -> None:
+    back = frame.f_back
+    if back is not None and back.f_code is _PATCHED_CODE:
+        return
+    loc = frame.f_locals
+    cls = loc.get("cls")
+    if st.suspended or not st.listeners or not isinstance(cls, type) or \
+            getattr(cls, "_gradcheck_kit_internal", False) or _in_backward():
+        return
+    call, listeners = _function_before(cls, tuple(loc.get("args", ())), dict(loc.get("kwargs", {})),
+                                       _site_from(back))
+    st.applies.append((frame, call, listeners))
+
+
+def _bound_apply_returned(st, frame, result) -> None:
+    for i in range(len(st.applies) - 1, -1, -1):
+        if st.applies[i][0] is frame:
+            _, call, listeners = st.applies.pop(i)
+            break
+    else:
+        return
+    # the profiler reports an exception leaving the frame as a return of None (apply never
+    # returns None: a forward must return a tensor or a tuple)
+    if result is None:
+        _function_abandon(call, listeners)
+    else:
+        _function_after(call, listeners, result)
+
+
+def _hook_on() -> None:
+    st = _state
+    st.hook_depth += 1
+    if st.hook_depth > 1:
+        return
+    prev = sys.getprofile()
+    if prev is not None and not isinstance(prev, (types.FunctionType, types.MethodType)):
+        return   # a profiler written in C (cProfile): left alone
+    st.hook_prev, st.hooked = prev, True
+    st.applies = []
+    sys.setprofile(_profile_hook)
+
+
+def _hook_off() -> None:
+    st = _state
+    st.hook_depth -= 1
+    if st.hook_depth > 0 or not st.hooked:
+        return
+    if sys.getprofile() is _profile_hook:
+        sys.setprofile(st.hook_prev)
+    st.hook_prev, st.hooked = None, False
+    st.applies = []
+
+
+_PATCHED_CODE = _patched_apply.__code__
 
 
 def _install_patch():
@@ -724,9 +858,14 @@ def listening(listener) -> Iterator[Any]:
         st.mode.__enter__()
     st.listeners.append(listener)
     _install_patch()
+    hook = bool(getattr(listener, "sees_bound_functions", False))
+    if hook:
+        _hook_on()
     try:
         yield listener
     finally:
+        if hook:
+            _hook_off()
         _remove_patch()
         st.listeners.remove(listener)
         if push:
@@ -749,6 +888,7 @@ class Recorder:
     """Builds a ``Trace`` from the calls it is shown (``recording()`` activates one)."""
 
     wants_saved = True
+    sees_bound_functions = True     # also Functions whose ``apply`` was taken before the recording
 
     def __init__(self):
         self.trace = Trace()
@@ -787,6 +927,11 @@ class Recorder:
         if call.function is not None:
             node = self._node(call)
             self._stack.append(node)
+
+    def abandon(self, call: Intercepted) -> None:
+        """A custom Function's ``apply`` raised: its node is dropped."""
+        if self._stack:
+            self._stack.pop()
 
     def after(self, call: Intercepted) -> None:
         if call.function is not None:

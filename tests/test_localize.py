@@ -147,3 +147,39 @@ def test_seeded_and_reproducible(fn):
     a = [r.to_dict() for r in localize(_net(fn), _inputs(), seed=3)]
     b = [r.to_dict() for r in localize(_net(fn), _inputs(), seed=3)]
     assert a == b
+
+
+# A Function's apply taken before the recording began (``act = MyRelu.apply`` at import time, or
+# passed into a closure) never reaches the class-level patch; it must still be a checked node.
+from tests.test_check_engine import _BadRelu, _Relu  # noqa: E402
+from tests.test_check_engine import _inputs as _conv_inputs  # noqa: E402
+
+_BAD_RELU = _BadRelu.apply
+_RELU = _Relu.apply
+
+
+def _bound_net(act):
+    def loss(x, w):
+        h = F.conv2d(x, w, padding=1)
+        a = act(h)
+        return F.conv2d(a, w, padding=1).pow(2).sum()
+    return loss
+
+
+def test_bound_apply_of_a_wrong_function_is_the_failing_node():
+    from gradcheck_kit import check
+
+    rep = check(_bound_net(_BAD_RELU), _conv_inputs(), localize=True)
+    bad = rep.first_failing_node
+    assert not rep.ok and bad is not None and bad.op == "_BadRelu"
+    assert bad.where == f"test_localize.py:{_bound_net.__code__.co_firstlineno + 3}"
+    assert [n.op for n in rep.nodes] == ["conv2d", "_BadRelu", "conv2d", "pow", "sum"]
+
+
+def test_bound_apply_of_a_correct_function_passes():
+    from gradcheck_kit import check
+
+    rep = check(_bound_net(_RELU), _conv_inputs(), localize=True)
+    assert rep.ok, str(rep)
+    assert [(n.op, n.ok) for n in rep.nodes] == [("conv2d", True), ("_Relu", True), ("conv2d", True),
+                                                 ("pow", True), ("sum", True)]

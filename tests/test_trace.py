@@ -128,3 +128,113 @@ def test_recording_under_use_rules_keeps_the_rules_saved_results():
     relu, drop = rec.trace.nodes
     assert relu.via == drop.via == "rules" and drop.rule.name == "dropout"
     assert set(drop.saved) == {"mask"} and torch.equal(y, F.relu(x).detach() * drop.saved["mask"])
+
+
+# -- a Function's apply bound before the recording (never sees the class-level patch) --------------
+
+_DOUBLE = Double.apply
+
+
+class Outer(torch.autograd.Function):
+    """Calls the bound Double inside its forward: Double is its child."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _DOUBLE(x) + 1
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+class Fails(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x.exp()
+        raise ValueError("planted")
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def test_bound_apply_is_one_node_with_its_site_and_children():
+    def loss(x, act):
+        y = act(x)
+        return y.exp().sum()
+
+    tr = record(loss, {"x": torch.randn(3), "act": _DOUBLE})
+    assert [n.op for n in tr.nodes] == ["Double", "exp", "sum"]
+    d = tr.nodes[0]
+    assert d.function is Double and [c.op for c in d.children] == ["mul"] and d.differentiable
+    assert d.args == (Ref(tr.inputs["x"]),)
+    assert d.site.where == f"test_trace.py:{loss.__code__.co_firstlineno + 1}" and d.site.assigned == "y"
+    assert tr.nodes[1].args[0] == Ref(d.outputs[0]) and tr.values[d.outputs[0]].producer == 0
+    # through the patched attribute and bound, nested: each Function once, no duplicates
+    tr2 = record(lambda x: Outer.apply(x).sum() + Double.apply(x).sum(), {"x": torch.randn(3)})
+    assert [n.op for n in tr2.nodes] == ["Outer", "sum", "Double", "sum", "add"]
+    assert [c.op for c in tr2.nodes[0].children] == ["Double", "add"]
+    assert [c.op for c in tr2.nodes[0].children[0].children] == ["mul"]
+
+
+def test_bound_apply_that_raises_leaves_the_recording_consistent():
+    fails = Fails.apply
+
+    def loss(x, f):
+        try:
+            f(x)
+        except ValueError:
+            pass
+        return _DOUBLE(x).sum()
+
+    for f in (fails, Fails.apply):   # bound before the recording, and through the patched attribute
+        tr = record(loss, {"x": torch.randn(3), "f": f})
+        assert [n.op for n in tr.nodes] == ["Double", "sum"]
+
+
+def test_profile_hook_is_per_thread_chained_and_restored():
+    import sys
+
+    seen, other = [], []
+
+    def mine(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "forward":
+            seen.append(frame.f_code.co_qualname)
+
+    def in_thread():
+        other.append(sys.getprofile())
+        other.append(_DOUBLE(torch.ones(2, requires_grad=True)).requires_grad)
+
+    sys.setprofile(mine)
+    try:
+        with recording() as rec:
+            y = _DOUBLE(torch.ones(2, requires_grad=True))
+            t = threading.Thread(target=in_thread)
+            t.start()
+            t.join()
+        assert sys.getprofile() is mine       # the user's profiler is back
+    finally:
+        sys.setprofile(None)
+    assert "Double.forward" in seen          # and it kept seeing calls during the recording
+    assert [n.op for n in rec.trace.nodes] == ["torch.ones", "Double"] and y.requires_grad
+    assert other == [None, True]              # the other thread: no hook, nothing recorded
+    assert sys.getprofile() is None
+    with recording():                         # after a recording: no hook left behind
+        pass
+    assert sys.getprofile() is None
+
+
+def test_profiler_written_in_c_is_left_alone():
+    import cProfile
+    import sys
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        with recording() as rec:
+            Double.apply(torch.ones(2, requires_grad=True))
+        assert sys.getprofile() is prof
+    finally:
+        prof.disable()
+    assert [n.op for n in rec.trace.nodes] == ["torch.ones", "Double"]   # the patch still sees apply
+    assert any("forward" in str(k) for k in prof.getstats())

@@ -287,3 +287,80 @@ def test_call_spellings_bind_like_torch(name):
     assert y.dtype == ref.dtype and y.shape == ref.shape
     torch.testing.assert_close(y, ref)
     torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(ref.sum(), xr)[0])
+
+
+# torch's return types: a model written against torch (``x.max(1).values``) runs unchanged
+_RETURNS = {
+    "max_method": lambda x: x.max(1),
+    "max_function_keepdim": lambda x: torch.max(x, 1, keepdim=True),
+    "min_method": lambda x: x.min(dim=0),
+    "median_dim": lambda x: torch.median(x, 1),
+    "kthvalue": lambda x: x.kthvalue(2, 1),
+    "var_mean": lambda x: torch.var_mean(x, 1),
+    "std_mean": lambda x: torch.std_mean(x, 0),
+    "split": lambda x: torch.split(x, 2, 1),
+    "chunk_method": lambda x: x.chunk(2, 1),
+    "unbind": lambda x: x.unbind(0),
+    "max_pool_indices": lambda x: F.max_pool2d(x.view(1, 1, 3, 4), 2, return_indices=True),
+}
+
+
+@pytest.mark.parametrize("name", list(_RETURNS))
+def test_multi_output_calls_return_torch_types(name):
+    fn = _RETURNS[name]
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    with use_rules(strict=True) as session:
+        got = fn(x)
+    assert session.ops, "the call did not run through a rule"
+    xr = x.detach().requires_grad_()
+    ref = fn(xr)
+    assert type(got) is type(ref), (type(got), type(ref))
+    if hasattr(ref, "_fields") or hasattr(ref, "n_fields"):
+        fields = [f for f in dir(ref) if f in ("values", "indices")]
+        assert fields and all(torch.equal(getattr(got, f), getattr(ref, f)) for f in fields)
+    gm, gr = (torch.autograd.grad(sum((k + 1) * o.sum() for k, o in enumerate(out) if o.is_floating_point()), v)[0]
+              for out, v in ((got, x), (ref, xr)))
+    torch.testing.assert_close(gm, gr)
+
+
+def test_values_attribute_of_max_in_an_unmodified_model():
+    x = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    with use_rules(strict=True) as session:
+        y = (x.max(1).values + x.min(1).values).sum()
+    assert session.ops == ["max", "min", "add", "sum"]
+    xr = x.detach().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(y, x)[0],
+                               torch.autograd.grad((xr.max(1).values + xr.min(1).values).sum(), xr)[0])
+
+
+_EINSUM = {
+    "operands": lambda a, b: torch.einsum("ij,jk", a, b),
+    "list": lambda a, b: torch.einsum("ij,jk", [a, b]),
+    "sublist": lambda a, b: torch.einsum(a, [0, 1], b, [1, 2], [2, 0]),
+}
+
+
+@pytest.mark.parametrize("planted", [False, True], ids=["rule", "planted_wrong_rule"])
+@pytest.mark.parametrize("name", list(_EINSUM))
+def test_einsum_spellings_run_through_the_rule(name, planted, monkeypatch):
+    """Every torch spelling of einsum binds onto the rule (its ``call_as_rule``); the gradient is the
+    rule's: equal to autograd's, and a planted wrong einsum rule shows in it."""
+    if planted:
+        rule = manual.get("einsum")
+        impl = rule.backward_impl
+        monkeypatch.setattr(rule, "backward_impl",
+                            lambda g, ops, **kw: ((tuple(-e if e is not None else e for e in impl(g, ops, **kw)[0]),)))
+    fn = _EINSUM[name]
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    with use_rules(strict=True) as session:
+        y = fn(a1, b1)
+    assert session.ops == ["einsum"]
+    w = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(y, (a1, b1), w)
+    a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ref = torch.autograd.grad(fn(a2, b2), (a2, b2), w)
+    torch.testing.assert_close(y.detach(), fn(a, b))
+    for m, r in zip(got, ref):
+        torch.testing.assert_close(-m if planted else m, r)

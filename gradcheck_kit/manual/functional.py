@@ -39,11 +39,11 @@ import torch
 from torch.autograd.function import Function
 
 from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, MissingRuleError, UnsupportedError
-from gradcheck_kit.trace import (BindError, Intercepted, RuleCall, _Slot, _tensors, bind, listening, resolve,
-                                 suspended)
+from gradcheck_kit.trace import (BindError, Intercepted, RuleCall, _name_of, _Slot, _tensors, bind, listening,
+                                 resolve, suspended)
 
 __all__ = ["use_rules", "RuleSession", "MissingOp", "no_weight_gradients", "rules_manual", "apply_rule",
-           "names"]
+           "as_torch_returns", "names"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +237,19 @@ def apply_rule(call: RuleCall):
     return out
 
 
+def as_torch_returns(fn, out):
+    """``out`` (a rule's outputs) as the type ``fn`` returns in torch: ``x.max(1)``, ``torch.sort``,
+    ``kthvalue``, ``median`` along a dim give a ``torch.return_types.<name>`` (``.values``,
+    ``.indices``); ``split``, ``chunk``, ``var_mean``, ``max_pool2d(..., return_indices=True)`` a
+    plain tuple, as the rule does."""
+    if type(out) is not tuple:
+        return out
+    rt = getattr(torch.return_types, _name_of(fn), None)
+    if isinstance(rt, type) and issubclass(rt, tuple) and getattr(rt, "n_sequence_fields", -1) == len(out):
+        return rt(out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # functional.<rule>
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +265,7 @@ def _make(rule) -> Callable:
         why = uncovered(call) if torch.is_grad_enabled() else None
         if why:
             raise UnsupportedError(f"functional.{rule.name}: {why}.")
-        return apply_rule(call)
+        return as_torch_returns(fn, apply_rule(call))
 
     f.__name__ = f.__qualname__ = rule.name
     f.__module__ = __name__
@@ -364,7 +377,7 @@ class RuleSession:
             return NotImplemented
         rc.keep_saved = _wants_saved()
         call.rule_call, call.via = rc, "rules"
-        return apply_rule(rc)
+        return as_torch_returns(call.func, apply_rule(rc))
 
     def after(self, call: Intercepted) -> None:
         if call.function is not None:
