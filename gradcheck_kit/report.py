@@ -149,6 +149,18 @@ class Report:
     def failures(self) -> list:
         return [r for r in self.results if not r.ok]
 
+    def plot(self, directory, tensors=None) -> list:
+        """A PNG heatmap per failing input in ``directory`` (``gradcheck_kit.plot.plot_report``)."""
+        from gradcheck_kit.plot import plot_report
+
+        return plot_report(self, directory, tensors)
+
+    def to_html(self, path, **options):
+        """This report as one self-contained HTML page (``gradcheck_kit.html.to_html``)."""
+        from gradcheck_kit.html import to_html
+
+        return to_html(self, path, **options)
+
     def to_dict(self) -> dict:
         return {"ok": self.ok, "summed": self.summed, "loss_shape": list(self.loss_shape),
                 "reference": self.reference, "double_backward": self.double_backward, "seed": self.seed,
