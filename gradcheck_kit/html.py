@@ -197,8 +197,24 @@ def write_html(sections: list[Section], path, title: str = "gradcheck-kit report
     return path
 
 
-def to_html(report, path, *, title: str = "gradcheck-kit report", pictures: list | None = None) -> Path:
-    """One report as a page (``Report.to_html`` delegates here)."""
+def to_html(report, path, *, title: str = "gradcheck-kit report", pictures: list | None = None,
+            tensors=None) -> Path:
+    """One report as a page (``Report.to_html`` delegates here).
+
+    ``pictures`` (PNG paths or ``(caption, bytes)``) are embedded; without them, failing inputs
+    whose tensors are known (``Result.tensors``, or ``tensors`` as for ``plot.plot_report``)
+    are drawn when matplotlib is installed.
+    """
+    import tempfile
+
     summary = f"{'ok' if report.ok else 'MISMATCH'}: {sum(1 for r in report.results if r.ok)}/" \
               f"{len(report.results)} comparisons passed"
-    return write_html([Section(title, report, pictures=list(pictures or []))], path, title, summary)
+    with tempfile.TemporaryDirectory(prefix="gradcheck-kit-") as tmp:
+        if pictures is None and not report.ok:
+            from gradcheck_kit.plot import PlotUnavailableError, plot_report
+
+            try:
+                pictures = plot_report(report, tmp, tensors, strict=False)
+            except PlotUnavailableError:
+                pictures = []
+        return write_html([Section(title, report, pictures=list(pictures or []))], path, title, summary)

@@ -91,3 +91,23 @@ def test_sweep_html_embeds_pictures_of_a_wrong_rule(tmp_path, monkeypatch, capsy
     text = page.read_text(encoding="utf-8")
     assert "MISMATCH" in text and "constant factor 2" in text
     assert len(re.findall(r'src="data:image/png;base64,', text)) >= 2
+
+
+def test_report_to_html_and_plot(tmp_path):
+    import torch
+
+    from gradcheck_kit import check, plot
+    from gradcheck_kit.casefile import load_case
+
+    case = load_case(DATA / "padding_bug.py")
+    inputs = case.make_inputs("cpu", torch.float64)
+    report = check(case.loss, inputs, case.manual, wrt=case.wrt)
+    page = report.to_html(tmp_path / "r.html", title="padding bug")
+    text = page.read_text(encoding="utf-8")
+    assert "padding bug" in text and "MISMATCH" in text and "border" in text
+    pytest.importorskip("matplotlib", reason="pictures need the [plot] extra")
+    pairs = plot.gradient_pairs(case.loss, inputs, case.manual, wrt=case.wrt)
+    (pic,) = report.plot(tmp_path / "pics", pairs)
+    assert pic.path.exists()
+    text = report.to_html(tmp_path / "r2.html", tensors=pairs).read_text(encoding="utf-8")
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == 1
