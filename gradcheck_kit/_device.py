@@ -205,6 +205,8 @@ class DeviceRun:
                           nondeterminism=subject.nondet.get(n), **kw)
             if not cmp.ok and self.diagnose:
                 res.hint = self._hint(n, m, r, cmp, ref_tensors)
+            if not cmp.ok:  # kept for report.plot / to_html: where the error sits
+                res.tensors = tuple(t.detach().to("cpu", torch.float64) for t in (m, r))
             out.append(res)
         return out
 

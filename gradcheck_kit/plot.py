@@ -13,7 +13,7 @@ pixels that are not white are exactly the elements that differ.  The worst eleme
 boxed in black.  matplotlib (the ``[plot]`` extra) is imported only here, inside the
 functions that draw.
 
-``Result`` does not keep the tensors it compared, so ``gradient_pairs`` recomputes them
+A failing ``Result`` keeps the tensors it compared (``result.tensors``); otherwise ``gradient_pairs`` recomputes them
 from the problem: the subject (``manual``'s gradients, or autograd's when there is no
 ``manual``) and a float64 CPU reference (autograd, or central differences for the
 autograd-vs-finite-difference check).  A result carrying ``tensors = (manual, reference)``
@@ -211,8 +211,10 @@ def heatmap(name: str, manual, reference, path, *, hint: str | None = None, wors
     head = title or f"{name} [{'x'.join(map(str, diff.shape)) or 'scalar'}]: manual - reference (left), reference (right)"
     if worst is not None:
         head += f"\nworst element {worst}: manual {m[worst]:.4g}, reference {r[worst]:.4g}"
-    if hint:
-        head += f"\nhint: {hint}"
+    if hint:  # wrapped, so a long hint stays inside the figure's width
+        import textwrap
+
+        head += "\n" + "\n".join(textwrap.wrap(f"hint: {hint}", width=100))
     pic = Picture(path=path, name=name, shape=tuple(diff.shape))
 
     if diff.ndim <= 1:  # a line: error and reference against the flat index

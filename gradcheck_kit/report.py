@@ -92,6 +92,9 @@ class Result:
     baseline: float | None = None     # check(baseline=k): k
     baseline_error: float | None = None  # autograd's own error in this dtype vs float64
     baseline_ratio: float | None = None  # max_abs_err / baseline_error
+    # A failing comparison keeps (subject, reference) as float64 CPU tensors for report.plot/to_html;
+    # not a report field: left out of to_dict(), repr and equality.
+    tensors: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.worst_err is None and self.manual_value is not None and self.reference_value is not None:
@@ -103,7 +106,12 @@ class Result:
         return f"{self.name}{extra}" + (f" [{self.mode}]" if self.mode else "")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        keep, self.tensors = self.tensors, None   # asdict would deep-copy the tensors
+        try:
+            d = asdict(self)
+        finally:
+            self.tensors = keep
+        del d["tensors"]
         for k, v in d.items():
             if isinstance(v, float) and not math.isfinite(v):
                 d[k] = None  # JSON has no NaN/inf: an infinite relative error (reference 0) becomes null

@@ -314,20 +314,18 @@ def test_help_and_version_in_process(capsys):
     assert "--double-backward" in capsys.readouterr().out
 
 
-def test_help_does_not_import_torch_and_is_fast():
-    """The kit's own share of ``gradcheck-kit --help`` (import + parse) stays far under 0.3 s;
-    the interpreter's start-up is not counted (it varies with the machine's load)."""
-    code = ("import sys, time; t = time.perf_counter(); from gradcheck_kit.cli import main\n"
+def test_help_does_not_import_torch():
+    """``gradcheck-kit --help`` imports none of the heavy packages, which is what keeps it fast; its
+    time (< 0.3 s) is measured in benchmarks/ (row "cli"), not asserted here."""
+    code = ("import sys; from gradcheck_kit.cli import main\n"
             "for argv in (['--help'], ['--version'], ['check', '--help']):\n"
             "    assert main(argv) == 0\n"
             "heavy = [m for m in ('torch', 'rich', 'numpy', 'sympy', 'matplotlib') if m in sys.modules]\n"
-            "print('HEAVY', heavy, 'SECONDS', time.perf_counter() - t, file=sys.stderr)")
+            "print('HEAVY', heavy, file=sys.stderr)")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr, proc.stderr
-    seconds = float(proc.stderr.split("SECONDS")[1])
-    assert seconds < 0.3, f"importing gradcheck_kit.cli and printing --help took {seconds:.2f} s"
 
 
 # -- tolerance and finite-difference options, TOLERANCES, threads ----------------------

@@ -8,7 +8,6 @@ exactly what ``F.conv1d`` computes, with no kernel flip.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -242,15 +241,13 @@ def test_verify_skips_big_samples_and_says_so():
     assert res[0].skipped and res[0].ok and "too big" in res[0].reason
 
 
-def test_verify_conv2d_1x2x8x8_is_fast_and_exact():
+def test_verify_conv2d_1x2x8x8_is_exact():
+    """Its time (0.25 s, goal < 2 s) is measured in benchmarks/ (row "derive"), not asserted here."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, 8, 8, generator=gen, dtype=torch.float64)
     w = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64)
-    t0 = time.perf_counter()
     res = derive.verify("conv2d", Sample((x, w, None), {}, "conv2d[1x2x8x8]"))
-    seconds = time.perf_counter() - t0
     assert res[0].ok and res[0].max_abs_err < 1e-13 and res[0].nnz == 108 * 36
-    assert seconds < 10  # about 0.3 s on an idle core; the issue's target is 2 s
 
 
 def _verify_cases():

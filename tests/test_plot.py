@@ -102,21 +102,35 @@ def test_jacobian_picture_refuses_huge_matrices(tmp_path):
         plot.jacobian_picture(sympy.SparseMatrix(3000, 2, {}), tmp_path / "J.png")
 
 
-def test_plot_report_without_tensors_says_what_to_pass(tmp_path):
+def _padding_bug_report():
     import torch
 
-    from gradcheck_kit import check, plot
+    from gradcheck_kit import check
     from gradcheck_kit.casefile import load_case
 
     case = load_case(DATA / "padding_bug.py")
     inputs = case.make_inputs("cpu", torch.float64)
-    report = check(case.loss, inputs, case.manual, wrt=case.wrt)
-    if all(getattr(r, "tensors", None) is None for r in report.results):
-        with pytest.raises(plot.MissingTensorsError, match="gradient_pairs"):
-            plot.plot_report(report, tmp_path)
-        assert plot.plot_report(report, tmp_path, strict=False) == []
-    else:  # Result keeps (manual, reference): the report draws itself
-        assert len(plot.plot_report(report, tmp_path)) == 1
+    return check(case.loss, inputs, case.manual, wrt=case.wrt)
+
+
+def test_failing_results_keep_their_tensors_and_the_report_draws_itself(tmp_path):
+    report = _padding_bug_report()
+    bad = report.failures
+    assert bad and all(r.tensors is not None and len(r.tensors) == 2 for r in bad)
+    assert all(r.tensors is None for r in report.results if r.ok)  # passing inputs keep nothing
+    assert "tensors" not in bad[0].to_dict()
+    assert [p.name for p in report.plot(tmp_path)] == [r.name for r in bad]
+
+
+def test_plot_report_without_tensors_says_what_to_pass(tmp_path):
+    from gradcheck_kit import plot
+
+    report = _padding_bug_report()
+    for r in report.results:
+        r.tensors = None
+    with pytest.raises(plot.MissingTensorsError, match="gradient_pairs"):
+        plot.plot_report(report, tmp_path)
+    assert plot.plot_report(report, tmp_path, strict=False) == []
 
 
 def test_gradient_pairs_without_manual_uses_finite_differences():
