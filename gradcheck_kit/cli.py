@@ -138,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "registry's explicit backwards applied to the loss's torch calls")
     p.add_argument("--localize", action="store_true",
                    help="also check each recorded operation of the loss on its own (a per-operation table)")
+    p.add_argument("--order", type=_pos_int, default=None, metavar="N",
+                   help="check derivatives up to order N (2 is --double-backward)")
+    p.add_argument("--forward-ad", action="store_true",
+                   help="also check the loss's forward-mode derivatives (JVPs along seeded tangents)")
+    p.add_argument("--batched", action="store_true",
+                   help="also check the backward under torch.func.vmap over a batch of cotangents")
+    p.add_argument("--cotangents", type=_nonneg_int, default=3, metavar="K",
+                   help="seeded cotangents for a manual() taking grad_output (default 3; 0 sums the loss)")
+    p.add_argument("--baseline", type=_pos_float, default=None, metavar="K",
+                   help="below float64: pass where manual's error is at most K times autograd's own error "
+                        "in that dtype")
     p.add_argument("--plot", metavar="DIR", help="write a PNG heatmap per failing input into DIR "
                    "(needs matplotlib: the [plot] extra)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (tables, hints, pictures)")
@@ -338,35 +349,10 @@ def _progress_enabled(json_mode: bool) -> bool:
 
 
 def _check_options(args) -> dict:
-    import inspect
-
-    from gradcheck_kit.compare import check
-
-    opts = dict(reference=REFERENCES[args.reference], double_backward=args.double_backward, seed=args.seed,
-                fd_mode=args.fd_mode, fd_eps=args.fd_eps, fd_projections=args.fd_projections)
-    params = inspect.signature(check).parameters
-    if args.localize:
-        if "localize" not in params:
-            raise UsageError("--localize needs check(localize=True), which this version of gradcheck_kit.check "
-                             "does not accept")
-        opts["localize"] = True
-    if args.manual == "rules" and not _manual_rules_supported():
-        raise UsageError("--manual rules needs check(manual='rules'), which this version of gradcheck_kit.check "
-                         "does not accept")
-    return opts
-
-
-def _manual_rules_supported() -> bool:
-    """Whether ``check`` accepts ``manual="rules"``: one tiny call tells."""
-    import torch
-
-    from gradcheck_kit.compare import check
-
-    try:
-        check(lambda x: (x * x).sum(), {"x": torch.ones(2, dtype=torch.float64)}, "rules")
-    except Exception:  # noqa: BLE001 - any refusal means: not supported
-        return False
-    return True
+    return dict(reference=REFERENCES[args.reference], double_backward=args.double_backward, seed=args.seed,
+                fd_mode=args.fd_mode, fd_eps=args.fd_eps, fd_projections=args.fd_projections,
+                localize=args.localize, order=args.order, forward_ad=args.forward_ad, batched=args.batched,
+                cotangents=args.cotangents, baseline=args.baseline)
 
 
 def _run_case(case, inputs, args, device, dtype, opts) -> Any:

@@ -475,27 +475,33 @@ def test_nodes_table_formats_per_operation_results():
     assert "relu" in text and "ok" in text
 
 
-def _check_accepts(feature: str) -> bool:
-    import inspect
-
-    from gradcheck_kit import cli, compare
-
-    if feature == "localize":
-        return "localize" in inspect.signature(compare.check).parameters
-    return cli._manual_rules_supported()
-
-
-@pytest.mark.parametrize("flag, feature", [(["--localize"], "localize"), (["--manual", "rules"], "manual='rules'")])
-def test_rules_and_localize_flags(good, planted, flag, feature, capsys):
-    if not _check_accepts(feature.split("=")[0]):
-        assert main(["check", good, *flag]) == 2
-        assert feature.split("=")[0] in one_error_line(capsys.readouterr().err)
-        pytest.skip(f"check() does not accept {feature} yet; the flag refuses with one error line")
+@pytest.mark.parametrize("flag", [["--localize"], ["--manual", "rules"]])
+def test_rules_and_localize_flags(good, planted, flag, capsys):
     code = main(["check", planted if flag == ["--localize"] else good, *flag])
     out = capsys.readouterr().out
     assert code == (1 if flag == ["--localize"] else 0)
     if flag == ["--localize"]:
         assert "per operation" in out
+
+
+@pytest.mark.parametrize("flag, mode", [(["--order", "3"], "order"), (["--forward-ad"], "forward_ad"),
+                                        (["--batched"], "batched")])
+def test_mode_flags_reach_check_and_its_report(good, planted, flag, mode, capsys):
+    """Each mode flag adds its results (``mode`` in --json); the planted bug still fails with it."""
+    assert main(["check", good, *flag, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    results = [r for case in doc["cases"] for r in case["inputs"]]
+    assert any(r.get("mode") == mode or (mode == "order" and r.get("order") == 3) for r in results), results
+    assert main(["check", planted, *flag]) == 1
+    capsys.readouterr()
+
+
+def test_baseline_and_cotangents_flags(good, planted, capsys):
+    assert main(["check", good, "--dtype", "float32", "--baseline", "4"]) == 0
+    assert main(["check", planted, "--dtype", "float32", "--baseline", "4"]) == 1
+    assert main(["check", good, "--cotangents", "0"]) == 0
+    assert main(["check", good, "--baseline", "0"]) == 2  # not a positive number: one error line
+    one_error_line(capsys.readouterr().err)
 
 
 def test_list_shows_every_mirrored_callable(capsys):
