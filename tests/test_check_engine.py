@@ -76,3 +76,35 @@ def test_rules_subject_with_an_op_without_rule_is_an_error_naming_it():
 def test_unknown_manual_string_is_one_clear_error():
     with pytest.raises(GradcheckKitError, match="'rules'"):
         check(_net(F.relu), _inputs(), manual="rule")
+
+
+# -- a loss that autograd cannot differentiate twice (torch has no double backward for hardsigmoid) --
+
+def _hardsigmoid_case():
+    from gradcheck_kit import manual
+
+    rule = manual.get("hardsigmoid")
+    x = torch.linspace(-4, 4, 13, dtype=torch.float64) + 0.01
+    loss = lambda x: (F.hardsigmoid(x) * x).sum()  # noqa: E731
+
+    def grads(x, bug=1.0):
+        hs = rule.forward(x)
+        (d,) = rule.backward(x, x)   # d/dx hardsigmoid(x) * x  =  x h'(x) + h(x)
+        return {"x": d + bug * hs}
+    return loss, {"x": x}, grads
+
+
+def test_no_double_backward_in_torch_checks_second_order_against_fd_and_says_so():
+    loss, inputs, grads = _hardsigmoid_case()
+    rep = check(loss, inputs, grads, reference="both", double_backward=True)
+    assert rep.ok, str(rep)
+    assert any(r.order == 2 and r.reference == "finite-difference" for r in rep.results)
+    assert any("cannot differentiate this loss twice" in n for n in rep.notes)
+    wrong = check(loss, inputs, lambda x: grads(x, bug=0.0), reference="both", double_backward=True)
+    assert not wrong.ok  # the planted bug (a dropped term) still fails
+
+
+def test_no_double_backward_in_torch_with_autograd_alone_is_one_clear_error():
+    loss, inputs, grads = _hardsigmoid_case()
+    with pytest.raises(GradcheckKitError, match="cannot differentiate this loss twice.*reference='fd'"):
+        check(loss, inputs, grads, double_backward=True)

@@ -13,6 +13,7 @@ import torch
 
 from gradcheck_kit._diff import _LOW, _compare, _result, _scales
 from gradcheck_kit._session import _autograd, _check_finite, _no_tf32
+from gradcheck_kit.errors import UnsupportedError
 
 __all__ = ["AutogradReference"]
 
@@ -39,7 +40,19 @@ class AutogradReference:
                 for r in out:
                     r.note = "baseline applies below float64; the default float64 tolerances were used"
         if run.double_backward:
-            hv_ref = run.hvp_of(ref, leaves, wrt)
+            try:
+                hv_ref = run.hvp_of(ref, leaves, wrt)
+            except RuntimeError as e:  # torch has no double backward for an op of the loss
+                if "not implemented" not in str(e):
+                    raise
+                why = str(e).strip().splitlines()[0]
+                if "fd" not in run.refs:
+                    raise UnsupportedError(f"autograd cannot differentiate this loss twice ({why}); check second "
+                                           f"derivatives against finite differences: reference='fd' or 'both'.") \
+                        from None
+                run.report.notes.append(f"autograd cannot differentiate this loss twice ({why}): second "
+                                        f"derivatives were checked against finite differences only")
+                return out
             out += self._hvp_results(run, subject, hv_ref, label)
         return out
 
