@@ -62,7 +62,7 @@ def _nonneg_float(text: str) -> float:
 def _pos_float(text: str) -> float:
     v = _nonneg_float(text)
     if v == 0:
-        raise argparse.ArgumentTypeError("the step must be > 0")
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return v
 
 

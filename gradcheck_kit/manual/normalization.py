@@ -352,6 +352,20 @@ def _rows_input_grad(h2: torch.Tensor, xc2: torch.Tensor, r: torch.Tensor, d: in
     return r * (h2 - h2.sum(1, keepdim=True) / d - xc2 * (r * r) * ((h2 * xc2).sum(1, keepdim=True) / d))
 
 
+def _grouped_backward(grad_output, input, weight, bias, rows: int, eps: float, needs_x, needs_w, needs_b):
+    """Normalisation over ``rows`` groups of the flattened input (group_norm; instance_norm, rows = N C),
+    then a per-channel affine map: (dL/dx, dL/dweight, dL/dbias), each None where not needed."""
+    d = input.numel() // max(rows, 1)
+    xc2, r = _row_stats(input.reshape(rows, d), d, eps)
+    gx = gw = gb = None
+    if needs_x:
+        h = grad_output if weight is None else grad_output * _channel_view(weight, input)
+        gx = _rows_input_grad(h.reshape(rows, d), xc2, r, d).reshape(input.shape)
+    if needs_w or needs_b:
+        gw, gb = _affine_grads(grad_output, (xc2 * r).reshape(input.shape), weight, bias, needs_w, needs_b)
+    return gx, gw, gb
+
+
 def _affine_grads(grad_output, xhat, weight, bias, needs_w, needs_b):
     """dL/dw_c = sum g xhat, dL/db_c = sum g over every dim but 1."""
     dims = (0,) + tuple(range(2, grad_output.dim()))
@@ -418,17 +432,8 @@ def group_norm_backward(grad_output, input, weight=None, bias=None, *, needs_inp
         _check_channel_vector("group_norm", name, v, c)
     if not any(needs_input_grad[:3]):
         return None, None, None
-    d = input.numel() // max(n * num_groups, 1)
-    x2 = input.reshape(n * num_groups, d)
-    xc2, r = _row_stats(x2, d, eps)
-    gx = gw = gb = None
-    if needs_input_grad[0]:
-        h = grad_output if weight is None else grad_output * _channel_view(weight, input)
-        gx = _rows_input_grad(h.reshape(n * num_groups, d), xc2, r, d).reshape(input.shape)
-    if needs_input_grad[1] or needs_input_grad[2]:
-        gw, gb = _affine_grads(grad_output, (xc2 * r).reshape(input.shape), weight, bias,
-                               needs_input_grad[1], needs_input_grad[2])
-    return gx, gw, gb
+    return _grouped_backward(grad_output, input, weight, bias, n * num_groups, eps,
+                             needs_input_grad[0], needs_input_grad[1], needs_input_grad[2])
 
 
 def _instance_norm_samples(device, dtype):
@@ -493,16 +498,8 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
         xhat = (input - _channel_view(running_mean, input)) * r
         gw, gb = _affine_grads(grad_output, xhat, weight, bias, needs_input_grad[3], needs_input_grad[4])
         return gx, None, None, gw, gb
-    d = input.numel() // max(n * c, 1)
-    x2 = input.reshape(n * c, d)
-    xc2, r = _row_stats(x2, d, eps)
-    gx = gw = gb = None
-    if needs_input_grad[0]:
-        h = grad_output if weight is None else grad_output * _channel_view(weight, input)
-        gx = _rows_input_grad(h.reshape(n * c, d), xc2, r, d).reshape(input.shape)
-    if needs_input_grad[3] or needs_input_grad[4]:
-        gw, gb = _affine_grads(grad_output, (xc2 * r).reshape(input.shape), weight, bias,
-                               needs_input_grad[3], needs_input_grad[4])
+    gx, gw, gb = _grouped_backward(grad_output, input, weight, bias, n * c, eps,
+                                   needs_input_grad[0], needs_input_grad[3], needs_input_grad[4])
     return gx, None, None, gw, gb
 
 

@@ -675,16 +675,24 @@ def _adaptive_mats(dims, device):
     return mats, sizes
 
 
-def _adaptive_avg_symbolic(op, nd, input, output_size):
+def _adaptive_windows(op, nd, input, output_size):
+    """(empty output array, [(output index, window elements in scan order)]) of an adaptive pool."""
     dims = _adaptive_axes(op, nd, input, output_size)
     bounds = [_adaptive_bounds(L, O) for L, O in dims]
     lead = input.shape[: input.ndim - nd]
     out = np.empty(lead + tuple(O for _, O in dims), dtype=object)
+    windows = []
     for b in np.ndindex(*lead):
         for o in itertools.product(*[range(O) for _, O in dims]):
             ranges = [range(*bounds[a][o[a]]) for a in range(nd)]
-            elems = [input[b + i] for i in itertools.product(*ranges)]
-            out[b + o] = sympy.Add(*elems) / sympy.Integer(len(elems))
+            windows.append((b + o, [input[b + i] for i in itertools.product(*ranges)]))
+    return out, windows
+
+
+def _adaptive_avg_symbolic(op, nd, input, output_size):
+    out, windows = _adaptive_windows(op, nd, input, output_size)
+    for idx, elems in windows:
+        out[idx] = sympy.Add(*elems) / sympy.Integer(len(elems))
     return out
 
 
@@ -760,14 +768,9 @@ def _adaptive_max_selection(x: torch.Tensor, dims) -> torch.Tensor:
 def _adaptive_max_symbolic(op, nd, input, output_size, return_indices):
     if return_indices:
         raise UnsupportedError(f"{op}: the symbolic forward gives the values only (return_indices=False)")
-    dims = _adaptive_axes(op, nd, input, output_size)
-    bounds = [_adaptive_bounds(L, O) for L, O in dims]
-    lead = input.shape[: input.ndim - nd]
-    out = np.empty(lead + tuple(O for _, O in dims), dtype=object)
-    for b in np.ndindex(*lead):
-        for o in itertools.product(*[range(O) for _, O in dims]):
-            ranges = [range(*bounds[a][o[a]]) for a in range(nd)]
-            out[b + o] = _first_max([input[b + i] for i in itertools.product(*ranges)])
+    out, windows = _adaptive_windows(op, nd, input, output_size)
+    for idx, elems in windows:
+        out[idx] = _first_max(elems)
     return out
 
 

@@ -53,8 +53,7 @@ class ForwardAD:
             try:
                 out = _loss_out(run.run_fn(run.loss, kwargs, "loss"), {})
             except (NotImplementedError, RuntimeError) as e:
-                text = str(e)
-                if "forward AD" in text or "forward-mode" in text or "jvp" in text:
+                if _no_forward_formula(e):
                     raise ModeError(f"forward_ad=True: the loss cannot run in forward mode with respect to "
                                     f"{name!r}: {first_clause(e)}.") from None
                 raise
@@ -142,8 +141,7 @@ class ForwardAD:
                         grads = torch.autograd.grad(y, [duals[n] for n in wrt], create_graph=True,
                                                     allow_unused=True, materialize_grads=True)
             except (NotImplementedError, RuntimeError) as e:
-                text = str(e)
-                if "forward AD" in text or "forward-mode" in text or "jvp" in text:
+                if _no_forward_formula(e):
                     raise ModeError(f"forward_ad=True with order 2: the {subject.kind} gradient cannot run in "
                                     f"forward mode: {first_clause(e)}.") from None
                 raise
@@ -167,3 +165,9 @@ class ForwardAD:
                             f"the gradient's Jacobian is not symmetric (manual is not the gradient of a loss)")
             out.append(res)
         return out
+
+
+def _no_forward_formula(e: Exception) -> bool:
+    """torch's error for an op (or custom Function) that has no forward-mode derivative."""
+    text = str(e)
+    return "forward AD" in text or "forward-mode" in text or "jvp" in text
