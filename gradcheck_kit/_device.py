@@ -18,7 +18,7 @@ from gradcheck_kit._check_errors import InPlaceModificationError, InvalidInputEr
 from gradcheck_kit._diff import _absmax, _compare, _result, _scales, tolerances
 from gradcheck_kit._inputs import _is_float
 from gradcheck_kit._check_errors import NonFiniteLossError
-from gradcheck_kit._session import _autograd, _check_manual, _copy, _first_nonfinite, _leaves, _Runner
+from gradcheck_kit._session import _autograd, _check_manual, _copy, _first_nonfinite, _leaves, _no_tf32, _Runner
 from gradcheck_kit.errors import GradcheckKitError
 from gradcheck_kit.references import REFERENCES
 from gradcheck_kit.report import _fmt
@@ -280,6 +280,51 @@ class DeviceRun:
         if g is None:
             g = call(cast(point, self.dev, False))
         return {n: v.detach().to("cpu", torch.float64) for n, v in g.items()}
+
+    def own_error(self, order: int = 1) -> dict | None:
+        """Autograd's own error in the subject's dtype: name -> max |a - a64| (order 2: of its HVPs along v).
+
+        a: torch's gradient of the same loss on the subject's own copies (its dtype and device); a64: on float64
+        CPU copies.  It measures what the dtype alone costs torch (rounding, cancellation, and a loss that
+        depends on its dtype, such as ``eps=None`` meaning ``finfo(dtype).eps``), never whether torch's backward
+        is right: a wrong backward is wrong in both.  None where it does not apply: a float64 subject, the
+        subject being autograd itself (it cannot be its own yardstick), or a loss torch cannot differentiate.
+        Cached per order.
+        """
+        if self.manual is None or all(g.dtype == torch.float64 for g in self.subject.values()):
+            return None
+        cache = self.__dict__.setdefault("_own_error", {})
+        if order not in cache:
+            try:
+                with _no_tf32():
+                    pair = [_autograd(self.run_fn, self.loss, t, self.wrt_names, {}, create_graph=order == 2,
+                                      allow_unused=True) for t in (self.work, self.ref64())]
+                if order == 2:
+                    pair = [(self.hvp_of(g, leaves, self.wrt_names), None) for g, leaves in pair]
+                    if any(p is None for p, _ in pair):
+                        pair = [({n: torch.zeros_like(g) for n, g in self.subject.items()}, None)] * 2
+                (a, _), (a64, _) = pair
+                a64 = {n: a64[n].detach().to("cpu", torch.float64) for n in self.wrt_names}
+                cache[order] = {n: _absmax(a[n].detach().to("cpu", torch.float64) - a64[n]) for n in self.wrt_names}
+                if order == 1:
+                    self.autograd64 = a64  # the float64 yardstick, for a re-check against it
+            except GradcheckKitError:
+                cache[order] = None
+            except RuntimeError:  # no (double) backward for an op of the loss
+                cache[order] = None
+        return cache[order]
+
+    def subject_hvp_at(self, point: dict) -> dict | None:
+        """The subject's HVPs d/dx <grads, v> (the same v as at x) at ``point``, on the subject's dtype and device."""
+        wrt = self.wrt_names
+        if self.manual is not None:
+            leaves = _leaves(point, wrt)
+            with torch.enable_grad():
+                res = self.run_fn(self.manual, leaves, "manual")
+            grads = {n: res[n] for n in wrt}
+        else:
+            grads, leaves = _autograd(self.run_fn, self.loss, point, wrt, {}, create_graph=True, allow_unused=True)
+        return self.hvp_of(grads, leaves, wrt)
 
     def vectors(self, wrt, like: dict) -> dict:
         gen = torch.Generator().manual_seed(self.seed + 1)

@@ -363,3 +363,89 @@ def test_no_false_alarm_with_both_and_double_backward(rule, dtype):
     for sample in [samples[0]] + [s for s in samples if _kinky(s)][:1]:
         rep = sample_check(r, sample, reference="both", double_backward=True, diagnose=False)
         assert rep.ok, f"{sample.name}: {rep}"
+
+
+# -- below float64: judged relative to torch's own error in that dtype (DeviceRun.own_error) -------------
+
+def _sample(rule, name, dtype):
+    from gradcheck_kit.manual import registry
+
+    r = registry.get(rule)
+    return r, [s for s in r.samples(dtype=dtype) if s.name == name][0]
+
+
+def _rule_problem(rule, name, dtype):
+    from gradcheck_kit.sweep import _loss_and_manual
+
+    r, s = _sample(rule, name, dtype)
+    loss, manual, inputs, wrt = _loss_and_manual(r, s, 0)
+    return loss, manual, inputs, wrt
+
+
+def test_float32_cancellation_is_judged_against_float64_relative_to_torchs_own_error():
+    # group_norm's input gradient is a small difference of large terms: torch's own float32 gradient is 5.4e-6
+    # from float64 autograd, above the float32 tolerance (1.3e-6); the rule's is 1.8e-6.
+    loss, manual, inputs, wrt = _rule_problem("group_norm", "group_norm[2d,G2]", torch.float32)
+    rep = check(loss, inputs, manual, wrt=wrt, reference="autograd")
+    r = _by(rep, "input", "autograd")
+    assert rep.ok and r.reference == "autograd (cpu, float64)" and "torch" not in (r.hint or ""), str(rep)
+    assert "re-checked against float64" in r.note and "autograd's own in float32" in r.note
+    top = float(r.reference_value and max(abs(r.reference_value), 1e-3))
+
+    def planted(**kw):  # one element off by ~10x torch's own error: beyond atol + 2 x it
+        out = dict(manual(**kw))
+        g = out["input"].clone()
+        g.view(-1)[5] += 6e-5
+        return {**out, "input": g}
+    bad = check(loss, inputs, planted, wrt=wrt, reference="autograd")
+    rb = _by(bad, "input", "autograd")
+    assert not rb.ok and "still a mismatch" in rb.note and top > 0, str(bad)
+
+
+def test_float32_loss_that_depends_on_its_dtype_passes_fd_and_planted_bugs_still_fail():
+    # rms_norm(eps=None) uses finfo(dtype).eps: the float64 differences are of a slightly different function
+    loss, manual, inputs, wrt = _rule_problem("rms_norm", "rms_norm[small]", torch.float32)
+    rep = check(loss, inputs, manual, wrt=wrt, reference="fd", double_backward=True)
+    assert rep.ok, str(rep)
+    assert "torch's own gradient in that dtype" in _by(rep, "input").note
+    assert "torch's own HVP in that dtype" in _by(rep, "input", order=2).note
+    for k in (1.1, -1.0):
+        bad = check(loss, inputs, lambda **kw: {**manual(**kw), "input": k * manual(**kw)["input"]}, wrt=wrt,
+                    reference="fd")
+        assert not _by(bad, "input").ok, str(bad)
+
+
+class _WrongInFloat32(torch.autograd.Function):
+    """x ** 2 whose backward is wrong (x1.1) in float32 only: a kernel bug that own_error must not excuse."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 2 * x * (1.1 if x.dtype == torch.float32 else 1.0)
+
+
+def test_an_autograd_subject_is_never_its_own_yardstick():
+    x = torch.randn(5, generator=_g(3))
+    rep = check(lambda x: _WrongInFloat32.apply(x).sum(), {"x": x}, dtype=torch.float32, reference="fd")
+    assert not rep.ok, str(rep)
+
+
+def test_order_two_convention_at_exact_ties_is_decided_off_the_ties():
+    # torch's pow masks exponent == 0 in dL/dinput, so its double backward there is 0, not 1/x
+    loss, manual, inputs, wrt = _rule_problem("pow", "pow[3x4,int_exponents]", torch.float64)
+    rep = check(loss, inputs, manual, wrt=wrt, reference="fd", double_backward=True)
+    r = _by(rep, "exponent", order=2)
+    assert rep.ok and r.rechecked and r.recheck_ok and "exact ties or zeros" in r.note, str(rep)
+
+    def planted(input, exponent):  # right values; d/dexponent of dL/dinput lost wherever |exponent| < 0.5
+        e = torch.where(exponent.abs() < 0.5, exponent.detach(), exponent)
+        return {"input": e * input ** (exponent - 1), "exponent": input ** exponent * torch.log(input)}
+    bad = check(lambda input, exponent: torch.pow(input, exponent).sum(), inputs, planted, wrt=wrt,
+                reference="fd", double_backward=True)
+    assert [r.label for r in bad.results if not r.ok] == ["exponent (2nd order)"], str(bad)
+    assert "does NOT agree" in _by(bad, "exponent", order=2).note
