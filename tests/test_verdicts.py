@@ -252,14 +252,16 @@ def _quad(n, seed=5, offset=0.0):
     return loss, inputs, manual
 
 
-@pytest.mark.parametrize("n,at", [(6_000, 4321), (20_000, 19_999)])
-def test_auto_fd_catches_a_one_percent_single_element_error(n, at):
+@pytest.mark.parametrize("n,at,dtype", [(6_000, 4321, torch.float64), (20_000, 19_999, torch.float64),
+                                        (20_000, 19_999, torch.float32)])
+def test_auto_fd_catches_a_one_percent_single_element_error(n, at, dtype):
     loss, inputs, manual = _quad(n)
-    good = check(loss, inputs, manual, reference="fd", wrt="x")
+    good = check(loss, inputs, manual, reference="fd", wrt="x", dtype=dtype)
     r = good.results[0]
     assert good.ok and r.fd_mode == "fast" and r.sensitivity is not None, str(good)
     assert r.sensitivity <= 0.01 * float(manual(**inputs)["x"].abs().max())  # a pass means something precise
-    bad = check(loss, inputs, lambda **kw: manual(**kw, bug="element", at=at), reference="fd", wrt="x")
+    bad = check(loss, inputs, lambda **kw: manual(**kw, bug="element", at=at), reference="fd", wrt="x",
+                dtype=dtype)
     assert not bad.ok and bad.results[0].worst_index == (at,), str(bad)
 
 
