@@ -295,6 +295,15 @@ class _Const:
     c: float
 
 
+class _New(str):
+    """A backward expression that allocates its result: a tensor no other name refers to.
+
+    ``finish`` records the name it binds such an expression to as *owned* (``_Backward.fresh``);
+    a template may then update that tensor in place (the ReLU mask), and a dead one is freed.
+    Plain ``str`` expressions (views, aliases such as ``g_t2 = t2``) are never owned.
+    """
+
+
 def _num(c) -> str:
     if isinstance(c, bool):
         return repr(c)
@@ -465,6 +474,19 @@ def _unary(deriv, comment, use_out=False, mask=False):
             return {"input": (f"{_atom(b.tensor(g, n.out))} * {d}", comment)}
         return {"input": (b.times(g, d), comment)}
     return bw
+
+
+def _bw_relu(b, n, g):
+    """dL/dx = g * 1[x > 0], the mask read from relu's output (1[relu(x) > 0] = 1[x > 0]), so x itself
+    need not be kept.  When g is a tensor this backward owns (a fresh result nothing else reads) the
+    mask is applied in place: one pass over g and no new tensor, as autograd's threshold_backward."""
+    if not b.wants(n, "input"):
+        return {}
+    y = b.name(n.out)
+    comment = "relu'(x) = 1[x > 0] = 1[relu(x) > 0]  (0 at 0, as torch)"
+    if b.owns(g):
+        return {"input": (_New(f"{g}.mul_({y} > 0)"), f"{comment}; in place: {g} is not used again")}
+    return {"input": (_New(f"{_atom(b.tensor(g, n.out))} * ({y} > 0)"), comment)}
 
 
 def _bw_neg(b, n, g):
@@ -751,7 +773,8 @@ def _conv_input_grad(b, n, g, dims, geo) -> str:
     if any(d != 1 for d in geo.dilation):
         kw["dilation"] = _same(geo.dilation, dims)
     expr = f"F.conv_transpose{dims}d({', '.join([g, b.name(w)] + ([_kw(**kw)] if kw else []))})"
-    return expr + _crop_src(tuple(a for a, _ in ext), L, full)
+    crop = _crop_src(tuple(a for a, _ in ext), L, full)
+    return expr + crop if crop else _New(expr)
 
 
 def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
@@ -772,7 +795,7 @@ def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
         # few output channels (manual/composites._few_out_weight_grad): g's K x K neighbourhoods
         # U = unfold(g) are smaller than x, so one GEMM reads x once instead of once per tap;
         # sum_q x[c, q] U[o, K-1-k, q] = sum_p x_pad[c, p + k] g[o, p]: flip the taps back
-        win = b.tmp(f"{g}_win")
+        win = b.tmp(f"{g}_win", (nb, c_out * math.prod(K), math.prod(out)))
         b.line(f"{win} = F.unfold({g}, {_same(K, dims)}, padding={_same(tuple(lo for lo, _ in geo.pads), dims)})",
                f"{_shape((nb, c_out * math.prod(K), math.prod(out)))}  g's {'x'.join(map(str, K))} neighbourhoods "
                f"(few output channels)")
@@ -812,7 +835,7 @@ def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
         # the rule's sum, with x padded straight into channels-last rows ([N, positions, C]): each
         # tap's operand is then a contiguous block of rows, which the GEMM reads faster than the
         # rule's transposed flat view (measured: benchmarks/emit_bench.py, docs/emit.md)
-        xr, gf = b.tmp(f"{xn}_rows"), b.tmp(f"{g}_flat")
+        xr, gf = b.tmp(f"{xn}_rows", (nb, math.prod(padded), c_in)), b.tmp(f"{g}_flat", (nb, c_out, span))
         perm = (0,) + tuple(range(2, dims + 2)) + (1,)
         b.line(f"{xr} = F.pad({xn}.permute{_tup(perm)}, {_tup((0, 0) + flat_x)}).reshape({nb}, -1, {c_in})",
                f"{xn} zero-padded (+1 spare row), one row of channels per position: "
@@ -844,7 +867,7 @@ def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
         xs = f"{xn}.reshape(1, {nb * c_in}, {', '.join(map(str, L))})"
         xs = pad_src % xs if pad_src else xs
         kw["groups"] = nb * c_in
-        gsum = b.tmp(f"{gw_name}_per_sample")
+        gsum = b.tmp(f"{gw_name}_per_sample", (1, nb * c_out) + kprime)
         b.line(f"{gsum} = F.conv{dims}d({xs}, {g}.reshape({nb * c_out}, 1, {', '.join(map(str, out))}), {_kw(**kw)})",
                "depthwise: batch x channels as groups, stride <-> dilation")
         b.line(f"{gw_name} = {gsum}.reshape({nb}, {c_out}, 1, {', '.join(map(str, kprime))}).sum(0){crop}",
@@ -938,8 +961,7 @@ _OPS: dict[str, _Op] = {
                 activation=True),
     "sigmoid": _Op(_fw_call("torch.sigmoid"), _unary(lambda y: f"{y} * (1 - {y})", "sigmoid' = s (1 - s)",
                                                      use_out=True), activation=True),
-    "relu": _Op(_fw_call("F.relu"), _unary(lambda x: f"({x} > 0)", "relu'(x) = 1[x > 0]  (0 at 0, as torch)",
-                                           mask=True), activation=True),
+    "relu": _Op(_fw_call("F.relu"), _bw_relu, activation=True),
     "sum": _Op(_fw_method("sum", "dim", "keepdim"), _bw_reduce(False)),
     "mean": _Op(_fw_method("mean", "dim", "keepdim"), _bw_reduce(True)),
     "norm": _Op(_fw_method("norm"), _bw_norm, check=_check_norm),
@@ -989,6 +1011,7 @@ class _Writer:
         self.used = set(rec.inputs) | {"torch", "F", "loss_and_grads"}
         self.counters: dict[str, int] = {}
         self.lines: list[str] = []
+        self.numel: dict[str, int] = {}     # elements of each tensor name (for freeing dead ones)
         self.dtype_src = next((n for n, t in rec.inputs.items()), None)
 
     # -- names
@@ -1010,8 +1033,11 @@ class _Writer:
                 self.used.add(cand)
                 return cand
 
-    def tmp(self, base: str) -> str:
-        return self.fresh(base)
+    def tmp(self, base: str, shape=None) -> str:
+        name = self.fresh(base)
+        if shape is not None:
+            self.numel[name] = math.prod(shape)
+        return name
 
     def name(self, v) -> str:
         return v.name if isinstance(v, _Value) else _num(v)
@@ -1075,12 +1101,17 @@ class _Backward:
 
     def __init__(self, w: _Writer):
         self.w = w
+        self.fresh: set[str] = set()
 
     def name(self, v) -> str:
         return self.w.name(v)
 
-    def tmp(self, base: str) -> str:
-        return self.w.tmp(base)
+    def tmp(self, base: str, shape=None) -> str:
+        return self.w.tmp(base, shape)
+
+    def owns(self, g) -> bool:
+        """g names a tensor only this backward reads (a fresh result, see ``_New``): safe to update in place."""
+        return isinstance(g, str) and g in self.fresh
 
     def line(self, stmt: str, comment: str | None = None) -> None:
         self.w.emit(stmt, comment)
@@ -1120,6 +1151,7 @@ class _Backward:
         if not isinstance(g, _Const):
             return g
         name = self.w.fresh(f"g_{v.name}")
+        self.w.numel[name] = math.prod(v.shape)
         self.line(f"{name} = torch.{'ones_like' if g.c == 1 else 'full_like'}({v.name}"
                   f"{'' if g.c == 1 else ', ' + _num(g.c)})", f"the cotangent of {v.name} is {_num(g.c)} everywhere")
         return name
@@ -1212,6 +1244,9 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
         if n.op == "max_pool2d":
             w.used.add(f"{n.out.name}_idx")
         w.emit(f"{lhs} = {expr}", f"{_shape(n.out.shape)}  {n.where}")
+        w.numel[n.out.name] = math.prod(n.out.shape)
+        if n.op == "max_pool2d":
+            w.numel[f"{n.out.name}_idx"] = math.prod(n.out.shape)
     loss_name = out.name
     if summed:
         loss_name = w.fresh("loss")
@@ -1244,11 +1279,15 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
                 return expr
             if _is_name(expr) and expr.startswith("g_") and force_name is None:
                 w.lines.append(f"    # g_{v.name} is {expr}: {comment}")
+                b.fresh.discard(expr)          # now read under two names' uses: not owned
                 return expr
             name = force_name or w.fresh(f"g_{v.name}")
             if isinstance(expr, _Const):
                 expr = b.tensor(expr, v)
             w.emit(f"{name} = {expr}", f"{_shape(v.shape)}  {comment}")
+            w.numel[name] = math.prod(v.shape)
+            if isinstance(expr, _New):
+                b.fresh.add(name)
             return name
         if all(isinstance(e, _Const) for e, _ in terms) and force_name is None:
             return _Const(sum(e.c for e, _ in terms))
@@ -1261,6 +1300,8 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
             tail = ")" if i == len(exprs) - 1 else ""
             text = head + e + tail
             w.lines.append(text + " " * max(2, _COMMENT_COL - len(text)) + "# " + c)
+        w.numel[name] = math.prod(v.shape)
+        b.fresh.add(name)                      # a sum is a new tensor
         return name
 
     seed = _Const(1.0)
@@ -1292,7 +1333,62 @@ def _write(rec: _Recording, wrt: tuple, label: str) -> str:
             finish(v, force_name=gname)
         results[name] = gname
     w.lines.append(f"    return {loss_name}, {{" + ", ".join(f'"{k}": {v}' for k, v in results.items()) + "}")
+    _free_dead(w, set(names))
     return "\n".join(w.lines) + "\n"
+
+
+_FREE_MIN_NUMEL = 4096     # tensors at least this large are deleted after their last use
+
+
+def _free_dead(w: _Writer, params: set) -> None:
+    """``del`` each tensor the function made (forward value, cotangent, temporary) of at least
+    ``_FREE_MIN_NUMEL`` elements after the statement that last reads it.
+
+    Python keeps a function's locals until it returns, so without this the backward would hold
+    every forward intermediate and every cotangent at once; freed, their memory is reused by the
+    statements that follow (fewer fresh pages: the allocator's page faults are a large share of
+    a CPU backward's time, docs/emit.md).  Names bound to the same tensor (``g_t1 = g_t2``, or
+    ``g_z = g_z_2.mul_(...)``, an update in place) are deleted together, after the last use of any.
+    """
+    fn = ast.parse("\n".join(w.lines)).body[0]
+    group: dict[str, str] = {}
+
+    def root(a):
+        while group.get(a, a) != a:
+            a = group[a]
+        return a
+
+    order, last = [], {}
+    for i, st in enumerate(fn.body):
+        for node in ast.walk(st):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                last[node.id] = i
+        if isinstance(st, ast.Assign):
+            targets = [t.id for tg in st.targets for t in ast.walk(tg) if isinstance(t, ast.Name)]
+            order += targets
+            v = st.value
+            if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr.endswith("_"):
+                v = v.func.value                          # x.mul_(...) returns x itself
+            if len(targets) == 1 and isinstance(v, ast.Name):
+                group[targets[0]] = root(v.id)
+    members: dict[str, list] = {}
+    for name in order:
+        members.setdefault(root(name), []).append(name)
+    free_after: dict[int, list] = {}
+    for r, names in members.items():
+        end = max((last.get(a, -1) for a in names), default=-1)
+        if (end < 0 or isinstance(fn.body[min(end + 1, len(fn.body) - 1)], ast.Return)   # returning frees them
+                or r in params or any(a in params for a in names)
+                or max(w.numel.get(a, 0) for a in names) < _FREE_MIN_NUMEL):
+            continue
+        free_after.setdefault(end, []).extend(names)
+    for i in sorted(free_after, reverse=True):
+        at = fn.body[i].end_lineno             # line numbers are 1-based: insert after the statement
+        saved, w.lines = w.lines, []
+        dead = free_after[i]
+        w.emit(f"del {', '.join(dead)}", f"not used below: {'their' if len(dead) > 1 else 'its'} memory is reused")
+        saved[at:at] = w.lines
+        w.lines = saved
 
 
 def _const_src(w: _Writer, n: _Node) -> str:

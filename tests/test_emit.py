@@ -45,6 +45,8 @@ SAMPLES = [
      dict(x=(1, 3, 5, 5), w=(6, 1, 3, 3))),
     ("conv2d[few-out,unfold g]", lambda x, w: F.conv2d(F.relu(x), w, padding="same").pow(2).sum(),
      dict(x=(2, 10, 5, 6), w=(1, 10, 3, 3))),
+    # relu's cotangent is the input x itself (g_a1 = x): the mask must not be applied in place
+    ("relu[aliased cotangent]", lambda x: (F.relu(x) * x).sum() + F.relu(x - 1).pow(2).sum(), dict(x=(3, 4))),
     ("conv2d[k1,s2]", lambda x, w: F.conv2d(x, w, stride=2).pow(2).sum(), dict(x=(2, 3, 5, 4), w=(2, 3, 1, 1))),
     ("conv2d[patches,crop]", lambda x, w: F.conv2d(x, w, stride=(3, 2)).pow(2).sum(),
      dict(x=(1, 2, 7, 5), w=(2, 2, 3, 2))),
@@ -234,10 +236,32 @@ def test_emitted_conv_relu_conv_reads_as_the_explicit_backward():
     text = (EMITTED / "conv_relu_conv.py").read_text()
     body = text[text.index("# backward"):]
     assert body.count("F.conv_transpose2d(") == 3          # every input-side gradient: a transposed conv
-    assert "g_z = g_z_2 * (z > 0)" in body                 # the ReLU mask on relu's input
+    assert "g_z = g_z_2.mul_(z_2 > 0)" in body             # the ReLU mask, read from relu's output, in place
     code = text.split('"""', 2)[2]                          # after the module docstring
     assert "autograd" not in code and ".backward(" not in code and "_backward" not in code
     assert "torch.bmm(" in body                            # the weight gradients, written out
+    lines = [ln.split("#")[0].strip() for ln in text.splitlines()]
+    assert lines[lines.index("z_2 = F.relu(z)") + 1] == "del z"            # relu's input is not kept
+
+
+def test_dead_tensors_are_deleted_after_their_last_use():
+    """Large intermediates are deleted once dead (their memory reused); never an input, never before a use."""
+    loss = lambda x, w: F.conv2d(F.relu(F.conv2d(x, w, padding=1)), w, padding=1).pow(2).sum()   # noqa: E731
+    inputs = _inputs(dict(x=(2, 3, 40, 40), w=(3, 3, 3, 3)))
+    source = backward_source(loss, inputs)
+    fn = ast.parse(source).body[-1]
+    deleted = {}
+    for i, st in enumerate(fn.body):
+        if isinstance(st, ast.Delete):
+            for t in st.targets:
+                deleted[t.id] = i
+        for node in ast.walk(st):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                assert node.id not in deleted, f"{node.id} read after its del"
+    assert deleted and not set(deleted) & set(inputs)
+    assert {"z1", "g_a1"} <= set(deleted)                  # a forward value, the in-place ReLU's cotangent
+    assert "g_a1.mul_(a1 > 0)" in source                   # owned (a fresh conv_transpose2d): in place
+    _assert_equals_autograd(_load(source), loss, inputs, tuple(inputs))
 
 
 # -- planted bugs: verification must catch each; the correct twin passes ---------------------------

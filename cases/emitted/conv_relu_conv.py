@@ -17,8 +17,10 @@ def loss_and_grads(x, w1, w2, k, y):
     # forward
     z = F.conv2d(x, w1, padding=1)                          # [2, 4, 64, 64]  conv_relu_conv.py:43
     z_2 = F.relu(z)                                         # [2, 4, 64, 64]  conv_relu_conv.py:44
+    del z                                                   # not used below: its memory is reused
     z_3 = F.conv2d(z_2, w2, padding=1)                      # [2, 1, 64, 64]  conv_relu_conv.py:45
     t1 = F.conv2d(z_3, k, stride=32)                        # [2, 8, 2, 2]  conv_relu_conv.py:46
+    del z_3                                                 # not used below: its memory is reused
     t2 = t1 - y                                             # [2, 8, 2, 2]  conv_relu_conv.py:46
     t3 = t2.pow(2)                                          # [2, 8, 2, 2]  conv_relu_conv.py:46
     t4 = t3.sum(dim=[1, 2, 3])                              # [2]  conv_relu_conv.py:46
@@ -33,11 +35,15 @@ def loss_and_grads(x, w1, w2, k, y):
     g_z_3_flat = F.pad(g_z_3, (0, 2)).reshape(2, 1, 4224)   # g zero-padded to the padded width (cancels the wrap-around), flat
     g_w2 = torch.stack([torch.bmm(g_z_3_flat, z_2_rows[:, off:off + 4224]).sum(0)
         for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
+    del z_2_rows, g_z_3_flat                                # not used below: their memory is reused
     g_z_2 = F.conv_transpose2d(g_z_3, w2, padding=1)        # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
-    g_z = g_z_2 * (z > 0)                                   # [2, 4, 64, 64]  relu'(x) = 1[x > 0]  (0 at 0, as torch)
+    del g_z_3                                               # not used below: its memory is reused
+    g_z = g_z_2.mul_(z_2 > 0)                               # [2, 4, 64, 64]  relu'(x) = 1[x > 0] = 1[relu(x) > 0]  (0 at 0, as torch); in place: g_z_2 is not used again
+    del z_2                                                 # not used below: its memory is reused
     x_rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # x zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_flat = F.pad(g_z, (0, 2)).reshape(2, 4, 4224)       # g zero-padded to the padded width (cancels the wrap-around), flat
     g_w1 = torch.stack([torch.bmm(g_z_flat, x_rows[:, off:off + 4224]).sum(0)
         for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(4, 4, 3, 3)  # [4, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
+    del x_rows, g_z_flat                                    # not used below: their memory is reused
     g_x = F.conv_transpose2d(g_z, w1, padding=1)            # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     return loss, {"x": g_x, "w1": g_w1, "w2": g_w2}

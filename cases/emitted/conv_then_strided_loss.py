@@ -16,6 +16,7 @@ def loss_and_grads(x, w1, k, y):
     # forward
     z = F.conv2d(x, w1, padding=1)                          # [2, 1, 64, 64]  conv_then_strided_loss.py:33
     t1 = F.conv2d(z, k, stride=32)                          # [2, 8, 2, 2]  conv_then_strided_loss.py:34
+    del z                                                   # not used below: its memory is reused
     t2 = t1 - y                                             # [2, 8, 2, 2]  conv_then_strided_loss.py:34
     t3 = t2.pow(2)                                          # [2, 8, 2, 2]  conv_then_strided_loss.py:34
     t4 = t3.sum(dim=[1, 2, 3])                              # [2]  conv_then_strided_loss.py:34
@@ -30,5 +31,6 @@ def loss_and_grads(x, w1, k, y):
     g_z_flat = F.pad(g_z, (0, 2)).reshape(2, 1, 4224)       # g zero-padded to the padded width (cancels the wrap-around), flat
     g_w1 = torch.stack([torch.bmm(g_z_flat, x_rows[:, off:off + 4224]).sum(0)
         for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
+    del x_rows, g_z_flat                                    # not used below: their memory is reused
     g_x = F.conv_transpose2d(g_z, w1, padding=1)            # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
     return loss, {"x": g_x, "w1": g_w1}
