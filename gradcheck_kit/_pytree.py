@@ -174,27 +174,29 @@ class _Structure:
 
     def call(self, fn, flat: dict, extra: dict):
         holder = self._holder(flat) if self.modules else None
-
-        def build(obj):
-            if isinstance(obj, _Leaf):
-                return flat[obj.name]
-            if isinstance(obj, _ModuleSlot):
-                return getattr(holder, f"m{obj.index}")
-            if isinstance(obj, dict):
-                return {k: build(v) for k, v in obj.items()}
-            if isinstance(obj, list):
-                return [build(v) for v in obj]
-            if isinstance(obj, tuple):
-                items = [build(v) for v in obj]
-                return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
-            return obj
-
-        kwargs = {k: build(v) for k, v in self.template.items()}
+        kwargs = {k: _build(v, flat, holder) for k, v in self.template.items()}
         kwargs.update(extra)
         if holder is None:
             return fn(**kwargs)
         params = {f"m{s.index}.{local}": flat[name] for s in self.slots for name, local in s.local.items()}
         return torch.func.functional_call(holder, params, (fn, kwargs), strict=False)
+
+
+def _build(obj, flat: dict, holder):
+    """The template ``obj`` with its leaves from ``flat`` and its modules from ``holder``.  Module-level: a
+    recursive closure would be a reference cycle keeping every evaluation's tensors until the next GC."""
+    if isinstance(obj, _Leaf):
+        return flat[obj.name]
+    if isinstance(obj, _ModuleSlot):
+        return getattr(holder, f"m{obj.index}")
+    if isinstance(obj, dict):
+        return {k: _build(v, flat, holder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_build(v, flat, holder) for v in obj]
+    if isinstance(obj, tuple):
+        items = [_build(v, flat, holder) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    return obj
 
 
 def _flat_signature(names, fn):
