@@ -479,14 +479,16 @@ def _unary(deriv, comment, use_out=False, mask=False):
 def _bw_relu(b, n, g):
     """dL/dx = g * 1[x > 0], the mask read from relu's output (1[relu(x) > 0] = 1[x > 0]), so x itself
     need not be kept.  When g is a tensor this backward owns (a fresh result nothing else reads) the
-    mask is applied in place: one pass over g and no new tensor, as autograd's threshold_backward."""
+    mask is applied in place, as the float sign(relu(x)) (0 or 1): a bool mask would be cast to a
+    full float temporary by the in-place product anyway (measured, docs/emit.md)."""
     if not b.wants(n, "input"):
         return {}
     y = b.name(n.out)
-    comment = "relu'(x) = 1[x > 0] = 1[relu(x) > 0]  (0 at 0, as torch)"
     if b.owns(g):
-        return {"input": (_New(f"{g}.mul_({y} > 0)"), f"{comment}; in place: {g} is not used again")}
-    return {"input": (_New(f"{_atom(b.tensor(g, n.out))} * ({y} > 0)"), comment)}
+        return {"input": (_New(f"{g}.mul_({y}.sign())"), f"relu'(x) = 1[x > 0] = sign(relu(x))  (0 at 0, as torch); "
+                                                        f"in place: {g} is not used again")}
+    return {"input": (_New(f"{_atom(b.tensor(g, n.out))} * ({y} > 0)"),
+                      "relu'(x) = 1[x > 0] = 1[relu(x) > 0]  (0 at 0, as torch)")}
 
 
 def _bw_neg(b, n, g):
@@ -772,7 +774,13 @@ def _conv_input_grad(b, n, g, dims, geo) -> str:
         kw["groups"] = geo.groups
     if any(d != 1 for d in geo.dilation):
         kw["dilation"] = _same(geo.dilation, dims)
-    expr = f"F.conv_transpose{dims}d({', '.join([g, b.name(w)] + ([_kw(**kw)] if kw else []))})"
+    wsrc = b.name(w)
+    if dims == 2:
+        # w read channels-last: oneDNN then runs the transposed convolution on NHWC tensors, without
+        # the reorders to and from its blocked layout that NCHW costs (1 -> 32 channels: 7x faster,
+        # docs/emit.md); the result is channels-last in memory, same values and shape
+        wsrc = f"{wsrc}.contiguous(memory_format=torch.channels_last)"
+    expr = f"F.conv_transpose{dims}d({', '.join([g, wsrc] + ([_kw(**kw)] if kw else []))})"
     crop = _crop_src(tuple(a for a, _ in ext), L, full)
     return expr + crop if crop else _New(expr)
 
@@ -834,19 +842,20 @@ def _conv_weight_grad(b, n, g, dims, geo, gw_name) -> None:
         offs = tuple(sum(t * s for t, s in zip(tap, strides)) for tap in itertools.product(*(range(k) for k in K)))
         # the rule's sum, with x padded straight into channels-last rows ([N, positions, C]): each
         # tap's operand is then a contiguous block of rows, which the GEMM reads faster than the
-        # rule's transposed flat view (measured: benchmarks/emit_bench.py, docs/emit.md)
-        xr, gf = b.tmp(f"{xn}_rows", (nb, math.prod(padded), c_in)), b.tmp(f"{g}_flat", (nb, c_out, span))
+        # rule's transposed flat view (measured: benchmarks/emit_bench.py, docs/emit.md); g as rows
+        # too, one copy whether g is NCHW or channels-last (the 2-d input gradients are)
+        xr, gr = b.tmp(f"{xn}_rows", (nb, math.prod(padded), c_in)), b.tmp(f"{g}_rows", (nb, span, c_out))
         perm = (0,) + tuple(range(2, dims + 2)) + (1,)
         b.line(f"{xr} = F.pad({xn}.permute{_tup(perm)}, {_tup((0, 0) + flat_x)}).reshape({nb}, -1, {c_in})",
                f"{xn} zero-padded (+1 spare row), one row of channels per position: "
                f"{_shape((nb, math.prod(padded), c_in))}")
-        gsrc = f"F.pad({g}, {_tup(flat_g)})" if any(flat_g) else g
-        b.line(f"{gf} = {gsrc}.reshape({nb}, {c_out}, {span})",
-               "g zero-padded to the padded width (cancels the wrap-around), flat")
-        b.line(f"{gw_name} = torch.stack([torch.bmm({gf}, {xr}[:, off:off + {span}]).sum(0)\n"
+        gsrc = f"F.pad({g}.permute{_tup(perm)}, {_tup((0, 0) + flat_g)})" if any(flat_g) else f"{g}.permute{_tup(perm)}"
+        b.line(f"{gr} = {gsrc}.reshape({nb}, {span}, {c_out})",
+               f"g as rows, zero-padded to the padded width (cancels the wrap-around): {_shape((nb, span, c_out))}")
+        b.line(f"{gw_name} = torch.stack([torch.bmm({gr}.transpose(1, 2), {xr}[:, off:off + {span}]).sum(0)\n"
                f"    for off in {_tup(offs)}], dim=-1).view({c_out}, {c_in}, {ks})",
-               f"{_shape((c_out, c_in) + K)}  dL/dw[:, :, tap] = sum_n g[n] x_pad[n, off + j, :], one GEMM per tap, "
-               f"off = tap . {_tup(strides)}")
+               f"{_shape((c_out, c_in) + K)}  dL/dw[:, :, tap] = sum_n g_rows[n]^T x_pad[n, off + j, :], one GEMM per "
+               f"tap, off = tap . {_tup(strides)}")
         return
     # swapped_conv: dL/dw = conv(x^T, g^T, stride=dilation, dilation=stride)^T, cropped to the kernel
     pad_src, kpad = "", tuple(lo for lo, _ in geo.pads)

@@ -236,7 +236,7 @@ def test_emitted_conv_relu_conv_reads_as_the_explicit_backward():
     text = (EMITTED / "conv_relu_conv.py").read_text()
     body = text[text.index("# backward"):]
     assert body.count("F.conv_transpose2d(") == 3          # every input-side gradient: a transposed conv
-    assert "g_z = g_z_2.mul_(z_2 > 0)" in body             # the ReLU mask, read from relu's output, in place
+    assert "g_z = g_z_2.mul_(z_2.sign())" in body          # the ReLU mask 1[z > 0] = sign(relu(z)), in place
     code = text.split('"""', 2)[2]                          # after the module docstring
     assert "autograd" not in code and ".backward(" not in code and "_backward" not in code
     assert "torch.bmm(" in body                            # the weight gradients, written out
@@ -260,7 +260,7 @@ def test_dead_tensors_are_deleted_after_their_last_use():
                 assert node.id not in deleted, f"{node.id} read after its del"
     assert deleted and not set(deleted) & set(inputs)
     assert {"z1", "g_a1"} <= set(deleted)                  # a forward value, the in-place ReLU's cotangent
-    assert "g_a1.mul_(a1 > 0)" in source                   # owned (a fresh conv_transpose2d): in place
+    assert "g_a1.mul_(a1.sign())" in source                # owned (a fresh conv_transpose2d): in place
     _assert_equals_autograd(_load(source), loss, inputs, tuple(inputs))
 
 
