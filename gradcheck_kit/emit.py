@@ -22,9 +22,13 @@ from that recording imports only ``torch`` and ``torch.nn.functional``:
   in one statement (accumulation only where needed).
 
 The math of each template is the rule's in ``gradcheck_kit.manual``: the conv input gradient
-is ``conv_transpose`` with ``_shapes.conv_output_padding``; the weight gradient is the formulation
-``manual.conv.weight_grad_formulation`` picks (its per-tap GEMMs reading x as channels-last
-rows), or, for few output channels, the composites' one GEMM against ``unfold(g)``.  Every
+is ``conv_transpose`` with ``_shapes.conv_output_padding`` (2-d: the weight read channels-last, so
+oneDNN runs it on NHWC tensors); the weight gradient is the formulation
+``manual.conv.weight_grad_formulation`` picks (its per-tap GEMMs reading x and g as channels-last
+rows), or, for few output channels, the composites' one GEMM against ``unfold(g)``.  A fresh
+cotangent only one backward reads (``_New``) takes the ReLU mask in place, and dead intermediates
+are ``del``-ed after their last use (``_free_dead``): on CPU, fresh pages cost as much as the
+arithmetic (docs/emit.md).  Every
 emission is verified before it is returned (``verify``): the module runs on float64 copies of
 the inputs and ``check()`` compares it with autograd, first and second order (rtol 1e-10), then
 once more at a seeded nearby point (catching values frozen from ``.item()``); a failure raises
