@@ -906,7 +906,9 @@ def _bw_conv(b, n, g):
     if b.wants(n, "input"):
         gx = _conv_input_grad(b, n, gn, dims, geo)
         out["input"] = (gx, "the convolution's adjoint: conv_transpose, same stride/padding"
-                        + (" (output_padding: the tail the stride skipped)" if "output_padding" in gx else ""))
+                        + (" (output_padding: the tail the stride skipped)" if "output_padding" in gx else "")
+                        + ("; w channels-last: oneDNN's NHWC path, the result is channels-last"
+                           if "channels_last" in gx else ""))
     if b.wants(n, "weight"):
         gw = b.target(n.params["weight"], n)
         _conv_weight_grad(b, n, gn, dims, geo, gw)

@@ -30,13 +30,13 @@ def loss_and_grads(x, w1, w2, k, y):
     # backward: g_v = dL/dv, in reverse order
     g_t2 = t2                                               # [2, 8, 2, 2]  0.5 d(x^2)/dx = x
     # g_t1 is g_t2: d(a - b)/da = 1
-    g_z_3 = F.conv_transpose2d(g_t2, k.contiguous(memory_format=torch.channels_last), stride=32)  # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
+    g_z_3 = F.conv_transpose2d(g_t2, k.contiguous(memory_format=torch.channels_last), stride=32)  # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding; w channels-last: oneDNN's NHWC path, the result is channels-last
     z_2_rows = F.pad(z_2.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # z_2 zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_3_rows = F.pad(g_z_3.permute(0, 2, 3, 1), (0, 0, 0, 2)).reshape(2, 4224, 1)  # g as rows, zero-padded to the padded width (cancels the wrap-around): [2, 4224, 1]
     g_w2 = torch.stack([torch.bmm(g_z_3_rows.transpose(1, 2), z_2_rows[:, off:off + 4224]).sum(0)
         for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g_rows[n]^T x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
     del z_2_rows, g_z_3_rows                                # not used below: their memory is reused
-    g_z_2 = F.conv_transpose2d(g_z_3, w2.contiguous(memory_format=torch.channels_last), padding=1)  # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
+    g_z_2 = F.conv_transpose2d(g_z_3, w2.contiguous(memory_format=torch.channels_last), padding=1)  # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding; w channels-last: oneDNN's NHWC path, the result is channels-last
     del g_z_3                                               # not used below: its memory is reused
     g_z = g_z_2.mul_(z_2.sign())                            # [2, 4, 64, 64]  relu'(x) = 1[x > 0] = sign(relu(x))  (0 at 0, as torch); in place: g_z_2 is not used again
     del z_2                                                 # not used below: its memory is reused
@@ -45,5 +45,5 @@ def loss_and_grads(x, w1, w2, k, y):
     g_w1 = torch.stack([torch.bmm(g_z_rows.transpose(1, 2), x_rows[:, off:off + 4224]).sum(0)
         for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(4, 4, 3, 3)  # [4, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g_rows[n]^T x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
     del x_rows, g_z_rows                                    # not used below: their memory is reused
-    g_x = F.conv_transpose2d(g_z, w1.contiguous(memory_format=torch.channels_last), padding=1)  # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
+    g_x = F.conv_transpose2d(g_z, w1.contiguous(memory_format=torch.channels_last), padding=1)  # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding; w channels-last: oneDNN's NHWC path, the result is channels-last
     return loss, {"x": g_x, "w1": g_w1, "w2": g_w2}

@@ -26,11 +26,11 @@ def loss_and_grads(x, w1, k, y):
     # backward: g_v = dL/dv, in reverse order
     g_t2 = t2                                               # [2, 8, 2, 2]  0.5 d(x^2)/dx = x
     # g_t1 is g_t2: d(a - b)/da = 1
-    g_z = F.conv_transpose2d(g_t2, k.contiguous(memory_format=torch.channels_last), stride=32)  # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
+    g_z = F.conv_transpose2d(g_t2, k.contiguous(memory_format=torch.channels_last), stride=32)  # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding; w channels-last: oneDNN's NHWC path, the result is channels-last
     x_rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 2)).reshape(2, -1, 4)  # x zero-padded (+1 spare row), one row of channels per position: [2, 4422, 4]
     g_z_rows = F.pad(g_z.permute(0, 2, 3, 1), (0, 0, 0, 2)).reshape(2, 4224, 1)  # g as rows, zero-padded to the padded width (cancels the wrap-around): [2, 4224, 1]
     g_w1 = torch.stack([torch.bmm(g_z_rows.transpose(1, 2), x_rows[:, off:off + 4224]).sum(0)
         for off in (0, 1, 2, 66, 67, 68, 132, 133, 134)], dim=-1).view(1, 4, 3, 3)  # [1, 4, 3, 3]  dL/dw[:, :, tap] = sum_n g_rows[n]^T x_pad[n, off + j, :], one GEMM per tap, off = tap . (66, 1)
     del x_rows, g_z_rows                                    # not used below: their memory is reused
-    g_x = F.conv_transpose2d(g_z, w1.contiguous(memory_format=torch.channels_last), padding=1)  # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
+    g_x = F.conv_transpose2d(g_z, w1.contiguous(memory_format=torch.channels_last), padding=1)  # [2, 4, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding; w channels-last: oneDNN's NHWC path, the result is channels-last
     return loss, {"x": g_x, "w1": g_w1}

@@ -25,5 +25,5 @@ def loss_and_grads(x, k, y):
     g_z2 = z2                                               # [2, 16, 2, 2]  0.5 d(x^2)/dx = x
     # g_z1 is g_z2: d(a - b)/da = 1
     g_k = torch.einsum("ngcpuqv,ngopq->gocuv", x.reshape(2, 1, 1, 2, 32, 2, 32), g_z2.reshape(2, 1, 16, 2, 2)).reshape(16, 1, 32, 32)  # [16, 1, 32, 32]  stride = kernel, windows tile x: dL/dw[o, c, k] = sum_(n, j) x[n, c, j, k] g[n, o, j]
-    g_x = F.conv_transpose2d(g_z2, k.contiguous(memory_format=torch.channels_last), stride=32)  # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding
+    g_x = F.conv_transpose2d(g_z2, k.contiguous(memory_format=torch.channels_last), stride=32)  # [2, 1, 64, 64]  the convolution's adjoint: conv_transpose, same stride/padding; w channels-last: oneDNN's NHWC path, the result is channels-last
     return loss, {"x": g_x, "k": g_k}
