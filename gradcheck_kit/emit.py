@@ -467,16 +467,13 @@ def _bw_pow(b, n, g):
     return {"input": (b.times(g, base, p), f"d(x^{_num(p)})/dx = {_num(p)} {power}")}
 
 
-def _unary(deriv, comment, use_out=False, mask=False):
+def _unary(deriv, comment, use_out=False):
     """dL/dx = g * f'(x); ``deriv`` writes f' from the input's (or the output's) name."""
     def bw(b, n, g):
         if not b.wants(n, "input"):
             return {}
         arg = b.name(n.out) if use_out else b.name(n.params["input"])
-        d = deriv(arg)
-        if mask:   # a boolean mask needs a tensor cotangent to keep the dtype
-            return {"input": (f"{_atom(b.tensor(g, n.out))} * {d}", comment)}
-        return {"input": (b.times(g, d), comment)}
+        return {"input": (b.times(g, deriv(arg)), comment)}
     return bw
 
 
@@ -491,7 +488,7 @@ def _bw_relu(b, n, g):
     if b.owns(g):
         return {"input": (_New(f"{g}.mul_({y}.sign())"), f"relu'(x) = 1[x > 0] = sign(relu(x))  (0 at 0, as torch); "
                                                         f"in place: {g} is not used again")}
-    return {"input": (_New(f"{_atom(b.tensor(g, n.out))} * ({y} > 0)"),
+    return {"input": (_New(f"{_atom(b.tensor(g, n.out))} * ({y} > 0)"),     # a tensor g keeps the dtype
                       "relu'(x) = 1[x > 0] = 1[relu(x) > 0]  (0 at 0, as torch)")}
 
 
