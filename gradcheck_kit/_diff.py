@@ -21,6 +21,7 @@ _LOW = (torch.float16, torch.bfloat16)
 # Below float64, a comparison that fails is judged again against float64 autograd: the subject passes where its
 # error there is within the tolerance plus OWN_K x torch's own error in the same dtype (DeviceRun.own_error).
 OWN_K = 1.0
+_OWN = "" if OWN_K == 1 else f"{OWN_K:g} x "  # how notes write 'OWN_K x'
 
 # (rtol, atol as a fraction of the gradient's largest magnitude) for the dtype under test
 _TOL = {

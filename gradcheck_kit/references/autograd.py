@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from gradcheck_kit._diff import _LOW, OWN_K, _compare, _result, _scales
+from gradcheck_kit._diff import _LOW, _OWN, OWN_K, _compare, _result, _scales
 from gradcheck_kit._session import _autograd, _check_finite, _no_tf32
 from gradcheck_kit.errors import UnsupportedError
 
@@ -78,7 +78,7 @@ class AutogradReference:
         err = float((m.detach().to("cpu", torch.float64) - a64[n]).abs().max()) if m.numel() else 0.0
         dt = str(m.dtype).replace("torch.", "")
         why = (f"{subject.kind}'s max error vs float64 autograd is {err:.3g}, autograd's own in {dt} {own[n]:.3g}; "
-               f"allowed atol + {OWN_K:g} x that = {atol:.3g}")
+               f"allowed atol + {_OWN}that = {atol:.3g}")
         if not cmp.ok:
             res.note = ((res.note + "; ") if res.note else "") + why + ": still a mismatch"
             return res

@@ -31,7 +31,7 @@ import torch
 
 from gradcheck_kit import _fd
 from gradcheck_kit._check_errors import FiniteDifferenceTooLargeError, NonFiniteReferenceError
-from gradcheck_kit._diff import OWN_K, _Cmp, _compare, _result
+from gradcheck_kit._diff import _OWN, OWN_K, _Cmp, _compare, _result
 from gradcheck_kit._session import _check_finite, _loss_out
 from gradcheck_kit.errors import GradcheckKitError
 from gradcheck_kit.report import Result, _fmt
@@ -119,7 +119,7 @@ class FiniteDifferenceReference:
             if not bool(j2.bad.any()):
                 own_note = (f"in {str(m.dtype).replace('torch.', '')}, {int(j.bad.sum())} element(s) differ from the "
                             f"float64 differences by more than atol {_fmt(atol)}, but torch's own gradient in that "
-                            f"dtype is {_fmt(own[n])} from float64 autograd; allowed atol + {OWN_K:g} x that")
+                            f"dtype is {_fmt(own[n])} from float64 autograd; allowed atol + {_OWN}that")
                 j, atol = j2, atol + OWN_K * own[n]
         undecided = j.undecided.reshape(-1).nonzero().flatten().tolist()
         skipped_smooth = bool(j.bad.any())  # already failing on smooth elements
@@ -466,7 +466,7 @@ class FiniteDifferenceReference:
             if own is not None and _compare(s, r, atol + OWN_K * own[n], rtol).ok:
                 own_note = (f"in {str(run.subject[n].dtype).replace('torch.', '')}, off by up to {_fmt(cmp.max_abs_err)}"
                             f" (atol {_fmt(atol)}), but torch's own HVP in that dtype is {_fmt(own[n])} from float64 "
-                            f"autograd's; allowed atol + {OWN_K:g} x that")
+                            f"autograd's; allowed atol + {_OWN}that")
                 atol += OWN_K * own[n]
                 cmp = _compare(s, r, atol, rtol)
             res = _result(n, run.dev, run.subject[n].dtype, ref[n].shape, cmp, atol, rtol,
