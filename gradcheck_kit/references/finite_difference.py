@@ -369,16 +369,16 @@ class FiniteDifferenceReference:
         then 0, not 1/x).  Those elements pass only if every element passes at x', a seeded point off the ties
         (the same kind of point as the first-order re-check); the note says so.
         """
-        out = self._hvp_at(run, subject.hvp, subject, tensors)
+        out, masks = self._hvp_at(run, subject.hvp, subject, tensors)
         bad = [r for r in out if not r.ok]
         special = {n: _fd.ties(tensors[n]) | (tensors[n] == 0) for n in run.wrt_names}
-        if not bad or any(r._bad is None or bool((r._bad & ~special[r.name]).any()) for r in bad):
+        if not bad or any(masks[r.name] is None or bool((masks[r.name] & ~special[r.name]).any()) for r in bad):
             return out
         g = torch.Generator().manual_seed(run.seed * 7919 + 7)
         near = _fd.perturb(run.work, _floating(run.work), g)
         try:
             hvp = run.subject_hvp_at(near)
-            again = self._hvp_at(run, hvp, subject, _contig64(near))
+            again, _ = self._hvp_at(run, hvp, subject, _contig64(near))
         except GradcheckKitError:
             raise
         except Exception as e:  # noqa: BLE001 - cannot confirm: the failures at x stand
@@ -398,7 +398,8 @@ class FiniteDifferenceReference:
 
     @staticmethod
     def _hvp_at(run, hvp, subject, tensors):
-        """The subject's HVP d/dx <grad, v> against central differences of the subject's own gradient along v.
+        """([Result], {name: bool mask of failing elements or None}): the subject's HVP d/dx <grad, v> against
+        central differences of the subject's own gradient along v.
 
         For a gradient g = grad f, d/dt g(x + t v) = H v = d/dx <g, v> (H symmetric); the reference is the
         Richardson combination of the central differences at steps h and h/2.  Where g itself jumps along
@@ -447,7 +448,7 @@ class FiniteDifferenceReference:
                 kink[n] = jump | ((dp - dm).abs() > a2 + r2 * torch.maximum(dp.abs(), dm.abs()) + noise)
         mags = {n: float(ref[n][~kink[n]].abs().max()) if bool((~kink[n]).any()) else 0.0 for n in wrt}
         top = max(mags.values(), default=0.0)
-        out = []
+        out, masks = [], {}
         for n in wrt:
             r = torch.where(kink[n], torch.zeros_like(ref[n]), ref[n])
             _check_finite(r, n, "reference (finite differences of the subject's gradient)")
@@ -471,7 +472,7 @@ class FiniteDifferenceReference:
                 cmp = _compare(s, r, atol, rtol)
             res = _result(n, run.dev, run.subject[n].dtype, ref[n].shape, cmp, atol, rtol,
                           reference="finite-difference", subject=subject.kind, order=2, fd_mode="full")
-            res.kinks, res._bad = int(kink[n].sum()), cmp.bad
+            res.kinks, masks[n] = int(kink[n].sum()), cmp.bad
             note = ("order 2: d/d(input) <gradient, v> (double backward) vs central differences of the subject's own "
                     "gradient along a seeded random v")
             if res.kinks:
@@ -495,7 +496,7 @@ class FiniteDifferenceReference:
                 res.note += (f"; manual ran only in {str(run.subject[n].dtype).replace('torch.', '')}, so the step "
                              f"was {h:g} and the tolerance holds its rounding ({_fmt(atol)})")
             out.append(res)
-        return out
+        return out, masks
 
 
 def _flat(index, shape) -> int:
