@@ -74,7 +74,9 @@ def check(loss: Callable, inputs: Mapping[str, torch.Tensor], manual: Callable |
 
     Verdicts (docs/verdicts.md): ``baseline=k`` (a dtype below float64) passes the subject where its
     max error against a float64 autograd reference is at most k times autograd's own error in that
-    dtype plus a floor of 1e-3 of the gradient's largest magnitude.  When ``manual`` has a keyword
+    dtype plus a floor of 1e-3 of the gradient's largest magnitude.  Without it, a comparison below
+    float64 that fails is judged once more against float64 autograd: ok where ``manual`` is at least as
+    accurate as torch's own gradient in that dtype (the note says so).  When ``manual`` has a keyword
     parameter ``grad_output``, a loss is not summed: ``cotangents`` seeded random cotangents are each
     passed as ``grad_output`` and checked as the gradient of <cotangent, loss> (``_cotangent.py``).
 
