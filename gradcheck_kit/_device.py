@@ -308,10 +308,8 @@ class DeviceRun:
                 cache[order] = {n: _absmax(a[n].detach().to("cpu", torch.float64) - a64[n]) for n in self.wrt_names}
                 if order == 1:
                     self.autograd64 = a64  # the float64 yardstick, for a re-check against it
-            except GradcheckKitError:
-                cache[order] = None
-            except RuntimeError:  # no (double) backward for an op of the loss
-                cache[order] = None
+            except Exception:  # noqa: BLE001 - no (double) backward, a loss that only runs in its dtype: the
+                cache[order] = None  # re-check is then not available and the first verdict stands
         return cache[order]
 
     def subject_hvp_at(self, point: dict) -> dict | None:

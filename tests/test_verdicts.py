@@ -464,3 +464,15 @@ def test_float32_recheck_does_not_excuse_an_error_larger_than_torchs_own(referen
     bad = check(loss, inputs, lambda **kw: {**manual(**kw), "input": mutate(manual(**kw)["input"], "one_element")},
                 wrt=("input",), reference=reference, allow_unused=True)
     assert not bad.ok, str(bad)
+
+
+def test_float32_recheck_unavailable_leaves_the_first_verdict():
+    # a loss that only runs in float32: no float64 yardstick, so a failing float32 comparison stays failing
+    def loss(x):
+        if x.dtype != torch.float32:
+            raise TypeError("float32 only")
+        return (x * x).sum()
+    x = torch.randn(5, generator=_g(4))
+    rep = check(loss, {"x": x}, lambda x: {"x": 2 * x * 1.001}, dtype=torch.float32)
+    assert not rep.ok and rep.results[0].reference == "autograd", str(rep)
+    assert check(loss, {"x": x}, lambda x: {"x": 2 * x}, dtype=torch.float32).ok
