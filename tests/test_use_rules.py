@@ -385,3 +385,26 @@ def test_rules_free_an_intermediate_as_soon_as_torch_would():
             torch.autograd.grad(a.sum(), [x, w])
     finally:
         gc.enable()
+
+
+def test_shape_only_arguments_requiring_grad_are_accepted_others_refused():
+    """``bias.expand_as(out)`` with ``out`` requiring grad: torch reads ``out`` for its shape only, so the
+    rule runs (no MissingRuleError) and the gradients equal torch's; a nondifferentiable argument that torch
+    does differentiate (cross_entropy's weight with probability targets) is still refused by name."""
+    b = torch.randn(3, 1, requires_grad=True)
+    out = torch.randn(2, 3, 4, requires_grad=True)
+
+    def f():
+        return (b.expand_as(out) * out).sum() + out.view_as(out).pow(2).sum() + b.reshape_as(out[0, :, :1]).sum()
+    ref = torch.autograd.grad(f(), [b, out])
+    with use_rules(strict=True) as session:
+        y = f()
+    assert {"expand_as", "view_as", "reshape_as"} <= set(session.ops)
+    for g, r in zip(torch.autograd.grad(y, [b, out]), ref):
+        torch.testing.assert_close(g, r)
+
+    w = torch.rand(3, requires_grad=True)
+    x = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(MissingRuleError, match="weight"):
+        with use_rules(strict=True):
+            F.cross_entropy(x, torch.softmax(torch.randn(4, 3), 1), weight=w)

@@ -215,7 +215,7 @@ def uncovered(call: RuleCall) -> str | None:
     """Why the rule cannot give every gradient autograd would (a tensor it does not differentiate
     requires grad), or None."""
     for k, (t, label) in enumerate(zip(call.tensors, call.slot_names)):
-        if t.requires_grad and _base(label) in call.rule.nondifferentiable:
+        if t.requires_grad and _base(label) in call.rule.nondifferentiable - call.rule.shape_only:
             return f"rule {call.rule.name!r} does not differentiate argument {_base(label)!r}, which requires grad"
     for name, v in list(zip(call.rule.tensor_args, call.args)) + list(call.params.items()):
         if not isinstance(v, _Slot) and any(t.requires_grad for t in _tensors(v)):

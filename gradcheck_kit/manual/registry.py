@@ -12,7 +12,11 @@ Contract of a rule (other parts of the kit depend on it):
   tuple with one entry per positional argument: the gradient of
   ``<grad_output, forward(...)>`` with respect to that argument, or ``None`` where the
   argument is ``None``, not a floating tensor, listed in ``nondifferentiable``, or
-  not asked for in ``needs_input_grad``.
+  not asked for in ``needs_input_grad``.  ``nondifferentiable`` arguments that torch never
+  differentiates either, being read only for their shape (``x.expand_as(other)``), are also
+  listed in ``shape_only``: the rule engine then accepts them requiring grad (torch gives them
+  no gradient from this op), where another ``nondifferentiable`` argument requiring grad is
+  refused (``cross_entropy``'s ``weight``, which torch differentiates for probability targets).
 * ``rule.samples(device, dtype)`` yields ``Sample(args, kwargs, name)``.
 * ``rule.symbolic(*arrays, **params)`` (optional) is the forward over numpy object
   arrays of sympy expressions, used by ``gradcheck_kit.derive``.
@@ -120,6 +124,7 @@ class Rule:
     save_impl: Callable | None = None
     aliases: tuple = ()
     sequence_args: frozenset[str] = field(default_factory=frozenset)
+    shape_only: frozenset[str] = field(default_factory=frozenset)
 
     # -- contract -----------------------------------------------------------
     def forward(self, *args, **params):
@@ -297,7 +302,7 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
              forward: Callable | None = None, symbolic: Callable | None = None,
              nondifferentiable: Iterable[str] = (), differentiable_backward: bool = True,
              keyword_tensors: Sequence[str] = (), save: Callable | None = None, aliases: Sequence[Callable] = (),
-             sequence_args: Sequence[str] = ()):
+             sequence_args: Sequence[str] = (), shape_only: Sequence[str] = ()):
     """Decorator registering ``backward`` as the explicit backward of ``torch_fn``.
 
     ::
@@ -313,6 +318,9 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
         unknown = [a for a in sequence_args if a not in tensor_args]
         if unknown:
             raise RuntimeError(f"rule {name!r}: sequence_args {unknown} are not among tensor_args {tuple(tensor_args)}")
+        loose = [a for a in shape_only if a not in nondifferentiable]
+        if loose:
+            raise RuntimeError(f"rule {name!r}: shape_only {loose} must be nondifferentiable too")
         _REGISTRY[name] = Rule(
             name=name,
             torch_fn=torch_fn,
@@ -328,6 +336,7 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
             save_impl=save,
             aliases=tuple(aliases),
             sequence_args=frozenset(sequence_args),
+            shape_only=frozenset(shape_only),
         )
         for fn in (getattr(torch_fn, "mirrors", torch_fn), *aliases):
             if fn in _BY_CALLABLE and _BY_CALLABLE[fn] != name:

@@ -223,7 +223,7 @@ def view_as_symbolic(input, other):
 
 
 @register("view_as", torch_fn=torch.Tensor.view_as, tensor_args=("input", "other"),
-          samples=_as_other_samples("view_as"), symbolic=view_as_symbolic, nondifferentiable=("other",))
+          samples=_as_other_samples("view_as"), symbolic=view_as_symbolic, nondifferentiable=("other",), shape_only=("other",))
 def view_as_backward(grad_output, input, other, *, needs_input_grad):
     """dL/dx = g.reshape(x.shape); ``other`` only gives the shape."""
     check_grad_shape("view_as", grad_output, _out_shape("view_as", torch.reshape, input, shape=tuple(other.shape)))
@@ -235,7 +235,7 @@ def reshape_as_symbolic(input, other):
 
 
 @register("reshape_as", torch_fn=torch.Tensor.reshape_as, tensor_args=("input", "other"),
-          samples=_as_other_samples("reshape_as"), symbolic=reshape_as_symbolic, nondifferentiable=("other",))
+          samples=_as_other_samples("reshape_as"), symbolic=reshape_as_symbolic, nondifferentiable=("other",), shape_only=("other",))
 def reshape_as_backward(grad_output, input, other, *, needs_input_grad):
     """dL/dx = g.reshape(x.shape); ``other`` only gives the shape."""
     check_grad_shape("reshape_as", grad_output,
@@ -422,7 +422,7 @@ def expand_as_symbolic(input, other):
 
 
 @register("expand_as", torch_fn=torch.Tensor.expand_as, tensor_args=("input", "other"),
-          samples=expand_as_samples, symbolic=expand_as_symbolic, nondifferentiable=("other",))
+          samples=expand_as_samples, symbolic=expand_as_symbolic, nondifferentiable=("other",), shape_only=("other",))
 def expand_as_backward(grad_output, input, other, *, needs_input_grad):
     """dL/dx = sum of g over the broadcast axes; ``other`` only gives the shape."""
     check_grad_shape("expand_as", grad_output, tuple(other.shape))
