@@ -549,18 +549,50 @@ def prod_symbolic(input, dim=None, keepdim=False, *, dtype=None):
 
 
 def _prod_shape(input, dim=None, keepdim=False, **_):
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise InvalidParameterError(f"prod: dim must be one int, got {dim!r}")
     return () if dim is None else _reduced(input, _dims("prod", dim, input.dim()), keepdim)
 
 
-@register("prod", torch_fn=torch.prod, tensor_args=("input",), samples=prod_samples, symbolic=prod_symbolic,
+def _prod(input, dim=None, keepdim=False, *, dtype=None):
+    # torch.prod's two overloads, (input, *, dtype) and (input, dim, keepdim=False, *, dtype), as one
+    if dim is None:
+        return torch.prod(input, dtype=dtype)
+    return torch.prod(input, dim, keepdim, dtype=dtype)
+
+
+_prod.mirrors = torch.prod
+
+
+def _prod_call(*args, **kwargs):
+    """torch's call as the rule's ``(input,), {"dim": d, "keepdim": k, "dtype": t}``.
+
+    torch's documented Python signature of ``prod`` is ``(input, dtype=None)`` (its overloads merged),
+    which would bind ``x.prod(1)`` as ``dtype=1``; naming ``dim`` makes a tracer bind it by name.
+    """
+    names = ("input", "dim", "keepdim")
+    if len(args) > len(names) or set(kwargs) - {*names, "dtype", "out"}:
+        raise InvalidParameterError("prod: expected (input, dim=None, keepdim=False, *, dtype=None)")
+    given = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k in given:
+            raise InvalidParameterError(f"prod: got multiple values for {k!r}")
+        given[k] = v
+    if "input" not in given:
+        raise InvalidParameterError("prod: the input tensor is missing")
+    return (given.pop("input"),), given
+
+
+_prod.call_as_rule = _prod_call
+
+
+@register("prod", torch_fn=_prod, tensor_args=("input",), samples=prod_samples, symbolic=prod_symbolic,
           aliases=(torch.Tensor.prod,))
 @expects("prod", _prod_shape)
 def prod_backward(grad_output, input, dim=None, keepdim=False, *, needs_input_grad, dtype=None):
     """y = prod x: dL/dx_k = g prod_{i != k} x_i; g y / x when no element of x is 0 (as torch), else
     the exclusive products (one zero: the others' product there, 0 elsewhere; two: 0)."""
     _check_dtype("prod", dtype)
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
-        raise InvalidParameterError(f"prod: dim must be one int, got {dim!r}")
     if not needs_input_grad[0]:
         return (None,)
     x = input
