@@ -1,5 +1,5 @@
 """Linear algebra and products: ``addmm``, ``addmv``, ``baddbmm``, ``addbmm``, ``mv``,
-``outer`` (``ger``), ``linalg.vector_norm``, ``linalg.norm``, ``prod``, ``topk``, ``sort``.
+``outer`` (``ger``), ``linalg.vector_norm``, ``linalg.norm``, ``pairwise_distance``, ``prod``, ``topk``, ``sort``.
 
 Notation: ``g`` the incoming gradient, ``b``/``a`` torch's ``beta``/``alpha``.
 
@@ -26,6 +26,8 @@ Notation: ``g`` the incoming gradient, ``b``/``a`` torch's ``beta``/``alpha``.
   ``ord = +-1`` = ``max/min_j sum_i |x_ij|`` (``+-inf``: rows and columns swapped), so
   ``dX = sgn(X) * (g M / #ties)`` broadcast along the summed dim, ``M`` marking the columns
   (rows) whose sum is the extreme: torch composes ``amax(sum(abs))`` the same way.
+* ``pairwise_distance(x1, x2, p, eps)`` = ``vector_norm(x1 - x2 + eps, p, dim=-1)`` (torch's
+  ``norm``, same backward): ``dx1 = sum_to(dd)``, ``dx2 = -sum_to(dd)``.
 * ``prod``: ``dy/dx_k = prod_{i != k} x_i``.  As torch: without any zero in the input,
   ``g y / x``; otherwise the product of the others as exclusive prefix times exclusive
   suffix cumprods (exact with zeros: one zero gives the others' product there and 0
@@ -495,6 +497,57 @@ def linalg_norm_backward(grad_output, input, ord=None, dim=None, keepdim=False, 
     mask = s == m
     g = _restore(grad_output, x.dim(), both, keepdim)
     return ((xc.sgn() * ((g / mask.sum(d1, keepdim=True)) * mask)).to(x.dtype),)
+
+
+# -- pairwise_distance --------------------------------------------------------------------
+
+def pairwise_distance_samples(device, dtype):
+    mk = Maker(device, dtype)
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {}, "pairwise_distance[3x4]")
+    yield Sample((mk.randn(3, 4), mk.randn(4)), {"keepdim": True}, "pairwise_distance[bcast,keepdim]")
+    yield Sample((mk.randn(4), mk.randn(2, 3, 4)), {"p": 1.0}, "pairwise_distance[p=1,bcast 3d]")
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {"p": INF}, "pairwise_distance[p=inf]")
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {"p": 3, "eps": 0.0}, "pairwise_distance[p=3,eps=0]")
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {"p": 1.5, "eps": 1e-3}, "pairwise_distance[p=1.5,eps]")
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {"p": 0.5}, "pairwise_distance[p=0.5]")
+    yield Sample((mk.randn(4), mk.randn(4)), {}, "pairwise_distance[1d]")
+    yield Sample((mk.randn(()), mk.randn(())), {}, "pairwise_distance[0-d]")
+    yield Sample((mk.randn(0, 4), mk.randn(0, 4)), {}, "pairwise_distance[empty]")
+    yield Sample((mk.noncontiguous(mk.randn(3, 4)), mk.randn(4, 3).T), {}, "pairwise_distance[noncontig]")
+
+
+def pairwise_distance_symbolic(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    a, b = _symbolic.asarray(x1), _symbolic.asarray(x2)
+    d = np.asarray(a - b + _symbolic.to_rational(eps), dtype=object)
+    return norm_symbolic(d, p=p, dim=-1 if d.ndim else None, keepdim=keepdim and d.ndim > 0)
+
+
+def _pairwise_shape(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    try:
+        shape = tuple(torch.broadcast_shapes(tuple(x1.shape), tuple(x2.shape)))
+    except RuntimeError:
+        raise InvalidInputError(f"x1 of shape {tuple(x1.shape)} and x2 of shape {tuple(x2.shape)} "
+                                f"do not broadcast") from None
+    if not shape:
+        return ()
+    return shape[:-1] + ((1,) if keepdim else ())
+
+
+@register("pairwise_distance", torch_fn=torch.pairwise_distance, tensor_args=("x1", "x2"),
+          samples=pairwise_distance_samples, symbolic=pairwise_distance_symbolic)
+@expects("pairwise_distance", _pairwise_shape)
+def pairwise_distance_backward(grad_output, x1, x2, p=2.0, eps=1e-6, keepdim=False, *, needs_input_grad):
+    """y = ||d||_p over the last dim, d = x1 - x2 + eps: dL/dd is vector_norm's gradient (torch's
+    ``norm_backward``), dL/dx1 = sum_to(dL/dd), dL/dx2 = -sum_to(dL/dd)."""
+    order = _order("pairwise_distance", p)
+    _check_scalar("pairwise_distance", "eps", eps)
+    if not (needs_input_grad[0] or needs_input_grad[1]):
+        return None, None
+    d = x1 - x2 + eps
+    gd = _vector_norm_grad(grad_output, d, order, _dims("pairwise_distance", -1, d.dim()), keepdim)
+    g1 = _shapes.unbroadcast(gd, x1.shape).to(x1.dtype) if needs_input_grad[0] else None
+    g2 = _shapes.unbroadcast(-gd, x2.shape).to(x2.dtype) if needs_input_grad[1] else None
+    return g1, g2
 
 
 # -- prod ---------------------------------------------------------------------------------

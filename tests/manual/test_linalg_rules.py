@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gradcheck_kit import manual
 from gradcheck_kit.errors import GradcheckKitError, InvalidInputError, InvalidParameterError, UnsupportedError
@@ -43,6 +44,10 @@ def _spellings():
         ("linalg.norm", [(3, 4)], lambda x: torch.linalg.norm(x), "linalg_norm"),
         ("linalg.norm positional", [(3, 4)], lambda x: torch.linalg.norm(x, 1, (1, 0)), "linalg_norm"),
         ("linalg.norm fro", [(2, 3, 4)], lambda x: torch.linalg.norm(x, "fro", dim=(1, 2)), "linalg_norm"),
+        ("F.pairwise_distance", [(3, 4), (4,)], lambda a, b: F.pairwise_distance(a, b, 3.0, 0.0, True),
+         "pairwise_distance"),
+        ("nn.PairwiseDistance", [(3, 4), (3, 4)], lambda a, b: torch.nn.PairwiseDistance(p=1.0)(a, b),
+         "pairwise_distance"),
         ("torch.prod", [(3, 4)], lambda x: torch.prod(x), "prod"),
         ("Tensor.prod dim", [(3, 4)], lambda x: x.prod(1), "prod"),
         ("Tensor.prod keepdim", [(3, 4)], lambda x: x.prod(0, True), "prod"),
@@ -119,6 +124,16 @@ def test_vector_norm_inf_ties_split_evenly_as_torch():
     assert got[0, 2] == 1 and got.abs().sum() == 1
 
 
+def test_pairwise_distance_of_equal_points_gives_zero_like_torch():
+    rule = manual.get("pairwise_distance")
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 2.0], [0.0, 3.0]], dtype=torch.float64)
+    for p in (2.0, 3.0, 1.0, INF, 0.5):
+        check_backward(rule, (x, y), {"p": p, "eps": 0.0})
+    g1, g2 = rule.backward(torch.ones(2, dtype=torch.float64), x, y, eps=0.0)
+    assert torch.equal(g1[0], torch.zeros(2, dtype=torch.float64)) and torch.equal(g2, -g1)
+
+
 def test_prod_with_zeros_matches_torch_first_and_second_order():
     one = torch.tensor([2.0, 0.0, -1.5, 3.0], dtype=torch.float64)
     got, want = _grad("prod", one)
@@ -146,8 +161,8 @@ def test_topk_and_sort_ties_follow_torch_kernel():
 
 # -- non-finite inputs against torch --------------------------------------------------------------
 
-_NONFINITE_RULES = ("addmm", "addmv", "baddbmm", "addbmm", "mv", "outer", "vector_norm", "linalg_norm", "prod",
-                    "topk", "sort")
+_NONFINITE_RULES = ("addmm", "addmv", "baddbmm", "addbmm", "mv", "outer", "vector_norm", "linalg_norm", "pairwise_distance",
+                    "prod", "topk", "sort")
 
 
 def _nonfinite_cases():
