@@ -96,7 +96,8 @@ def _binary_table(mk: Maker, positive_other: bool = False):
 
 
 def _unary(name, torch_fn, symbolic_fn, derivative, doc, sample_fn, aliases=()):
-    """Register an elementwise ``y = f(x)`` whose backward is ``g * f'(x)``."""
+    """Register an elementwise ``y = f(x)`` whose backward is ``g * f'(x)`` (``symbolic_fn`` None: no
+    symbolic forward)."""
 
     def symbolic(input):
         return _sym(symbolic_fn, input)
@@ -109,8 +110,8 @@ def _unary(name, torch_fn, symbolic_fn, derivative, doc, sample_fn, aliases=()):
     backward.__doc__ = doc
     backward.__name__ = f"{name}_backward"
     symbolic.__name__ = f"{name}_symbolic"
-    register(name, torch_fn=torch_fn, tensor_args=("input",), samples=sample_fn, symbolic=symbolic,
-             aliases=aliases)(backward)
+    register(name, torch_fn=torch_fn, tensor_args=("input",), samples=sample_fn,
+             symbolic=symbolic if symbolic_fn is not None else None, aliases=aliases)(backward)
     return backward
 
 
@@ -518,4 +519,490 @@ def dot_backward(grad_output, input, other, *, needs_input_grad):
     """y = sum_i x_i o_i: dL/dx = g o, dL/do = g x."""
     gx = grad_output * other if needs_input_grad[0] else None
     go = grad_output * input if needs_input_grad[1] else None
+    return gx, go
+
+
+# -- more unary functions -----------------------------------------------------------------
+# Each derivative is written as torch's derivatives.yaml writes it (same order of operations),
+# so NaN, +-inf, overflow and underflow give torch's values too.
+
+_LN2 = math.log(2.0)
+_LN10 = math.log(10.0)
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _aliases(*fns):
+    """Distinct callables only (``Tensor.__neg__`` is ``Tensor.neg``; ``torch.special.*`` are not)."""
+    out = []
+    for f in fns:
+        if f is not None and all(f is not o for o in out):
+            out.append(f)
+    return tuple(out)
+
+
+def _spellings(name, *extra):
+    """``torch.<name>``'s aliases: ``torch.Tensor.<name>`` plus the extra names in torch and
+    ``torch.Tensor`` and ``torch.special``."""
+    fns = [getattr(torch.Tensor, name, None)]
+    for n in extra:
+        fns += [getattr(torch, n, None), getattr(torch.Tensor, n, None), getattr(torch.special, n, None)]
+    fns.append(getattr(torch.special, name, None))
+    return _aliases(*(f for f in fns if f is not getattr(torch, name)))
+
+
+def _edge_samples(name, make, edges=()):
+    """``_unary_samples`` plus one 1-d sample of exact edge values (kinks, domain ends)."""
+    base = _unary_samples(name, make)
+
+    def samples(device, dtype):
+        yield from base(device, dtype)
+        if edges:
+            yield Sample((torch.tensor(edges, dtype=dtype, device=device),), {}, f"{name}[edges]")
+        yield Sample((Maker(device, dtype).randn(0, 3),), {}, f"{name}[empty]")
+    samples.__name__ = f"{name}_samples"
+    return samples
+
+
+def _domain(low, high):
+    return lambda mk, s: mk.uniform(s, low=low, high=high)
+
+
+_unary("neg", torch.neg, lambda x: -x, lambda x: torch.full_like(x, -1.0), "y = -x: dL/dx = -g.",
+       _edge_samples("neg", lambda mk, s: mk.randn(s), edges=(0.0, -0.0, 1.0)),
+       aliases=_spellings("neg", "negative"))  # Tensor.__neg__ is Tensor.neg
+_unary("reciprocal", torch.reciprocal, lambda x: 1 / x, lambda x: -(torch.reciprocal(x) * torch.reciprocal(x)),
+       "y = 1/x: dL/dx = -g y^2.",
+       _edge_samples("reciprocal", lambda mk, s: mk.away_from(s, margin=0.3)), aliases=_spellings("reciprocal"))
+_unary("rsqrt", torch.rsqrt, lambda x: 1 / sympy.sqrt(x), lambda x: -0.5 * torch.rsqrt(x).pow(3),
+       "y = x^(-1/2): dL/dx = -g y^3 / 2.",
+       _edge_samples("rsqrt", _domain(0.2, 3.0)), aliases=_spellings("rsqrt"))
+_unary("square", torch.square, lambda x: x ** 2, lambda x: 2 * x, "y = x^2: dL/dx = 2 g x.",
+       _edge_samples("square", lambda mk, s: mk.randn(s), edges=(0.0, -1.0, 2.0)), aliases=_spellings("square"))
+_unary("log1p", torch.log1p, lambda x: sympy.log(1 + x), lambda x: 1.0 / (x + 1),
+       "y = log(1 + x): dL/dx = g / (1 + x).",
+       _edge_samples("log1p", _domain(-0.8, 3.0), edges=(0.0, 1e-12)), aliases=_spellings("log1p"))
+_unary("expm1", torch.expm1, lambda x: sympy.exp(x) - 1, lambda x: torch.expm1(x) + 1,
+       "y = e^x - 1: dL/dx = g (y + 1).",
+       _edge_samples("expm1", lambda mk, s: mk.randn(s), edges=(0.0, 1e-12)), aliases=_spellings("expm1"))
+_unary("log2", torch.log2, lambda x: sympy.log(x, 2), lambda x: 1.0 / (x * _LN2), "y = log2 x: dL/dx = g / (x ln 2).",
+       _edge_samples("log2", _domain(0.2, 3.0)), aliases=_spellings("log2"))
+_unary("log10", torch.log10, lambda x: sympy.log(x, 10), lambda x: 1.0 / (x * _LN10),
+       "y = log10 x: dL/dx = g / (x ln 10).",
+       _edge_samples("log10", _domain(0.2, 3.0)), aliases=_spellings("log10"))
+_unary("exp2", torch.exp2, lambda x: 2 ** x, lambda x: torch.exp2(x) * _LN2, "y = 2^x: dL/dx = g y ln 2.",
+       _edge_samples("exp2", lambda mk, s: mk.randn(s)), aliases=_spellings("exp2"))
+_unary("tan", torch.tan, sympy.tan, lambda x: 1 + torch.tan(x).pow(2), "y = tan x: dL/dx = g (1 + y^2).",
+       _edge_samples("tan", _domain(-1.3, 1.3), edges=(0.0,)), aliases=_spellings("tan"))
+_unary("atan", torch.atan, sympy.atan, lambda x: 1.0 / (x * x + 1), "y = atan x: dL/dx = g / (1 + x^2).",
+       _edge_samples("atan", lambda mk, s: mk.randn(s, scale=2.0), edges=(0.0,)),
+       aliases=_spellings("atan", "arctan"))
+_unary("asin", torch.asin, sympy.asin, lambda x: (-x * x + 1).rsqrt(), "y = asin x: dL/dx = g / sqrt(1 - x^2).",
+       _edge_samples("asin", _domain(-0.9, 0.9), edges=(0.0,)), aliases=_spellings("asin", "arcsin"))
+_unary("acos", torch.acos, sympy.acos, lambda x: -((-x * x + 1).rsqrt()), "y = acos x: dL/dx = -g / sqrt(1 - x^2).",
+       _edge_samples("acos", _domain(-0.9, 0.9), edges=(0.0,)), aliases=_spellings("acos", "arccos"))
+_unary("sinh", torch.sinh, sympy.sinh, torch.cosh, "y = sinh x: dL/dx = g cosh x.",
+       _edge_samples("sinh", lambda mk, s: mk.randn(s, scale=2.0)), aliases=_spellings("sinh"))
+_unary("cosh", torch.cosh, sympy.cosh, torch.sinh, "y = cosh x: dL/dx = g sinh x.",
+       _edge_samples("cosh", lambda mk, s: mk.randn(s, scale=2.0), edges=(0.0,)), aliases=_spellings("cosh"))
+_unary("asinh", torch.asinh, sympy.asinh, lambda x: (x.pow(2) + 1).rsqrt(), "y = asinh x: dL/dx = g / sqrt(x^2 + 1).",
+       _edge_samples("asinh", lambda mk, s: mk.randn(s, scale=2.0), edges=(0.0,)),
+       aliases=_spellings("asinh", "arcsinh"))
+_unary("atanh", torch.atanh, sympy.atanh, lambda x: 1 / (1 - x.pow(2)), "y = atanh x: dL/dx = g / (1 - x^2).",
+       _edge_samples("atanh", _domain(-0.9, 0.9), edges=(0.0,)), aliases=_spellings("atanh", "arctanh"))
+_unary("acosh", torch.acosh, sympy.acosh, lambda x: (x.pow(2) - 1).rsqrt(), "y = acosh x: dL/dx = g / sqrt(x^2 - 1).",
+       _edge_samples("acosh", _domain(1.2, 4.0)), aliases=_spellings("acosh", "arccosh"))
+_unary("erf", torch.erf, sympy.erf, lambda x: _TWO_OVER_SQRT_PI * torch.exp(-x.pow(2)),
+       "y = erf x: dL/dx = g (2 / sqrt(pi)) e^(-x^2).",
+       _edge_samples("erf", lambda mk, s: mk.randn(s), edges=(0.0,)), aliases=_spellings("erf"))
+_unary("erfc", torch.erfc, sympy.erfc, lambda x: -_TWO_OVER_SQRT_PI * torch.exp(-x.pow(2)),
+       "y = erfc x: dL/dx = -g (2 / sqrt(pi)) e^(-x^2).",
+       _edge_samples("erfc", lambda mk, s: mk.randn(s), edges=(0.0,)), aliases=_spellings("erfc"))
+
+
+# -- logit, nan_to_num, clamp_max ---------------------------------------------------------
+
+def logit_samples(device, dtype):
+    mk = Maker(device, dtype)
+    p = mk.uniform(3, 4, low=0.05, high=0.95)
+    yield Sample((p,), {}, "logit[3x4]")
+    yield Sample((p,), {"eps": None}, "logit[eps=None]")
+    yield Sample((p,), {"eps": 1e-6}, "logit[eps=1e-6]")
+    yield Sample((p,), {"eps": 0.3}, "logit[eps=0.3,clamped]")
+    yield Sample((mk.uniform((), low=0.1, high=0.9),), {}, "logit[scalar]")
+    yield Sample((mk.noncontiguous(mk.uniform(2, 3, low=0.1, high=0.9)),), {"eps": 0.05}, "logit[noncontig,eps]")
+    # the clamp's ends are inside (gradient g / (x (1 - x)) at x == eps and x == 1 - eps), as torch;
+    # beyond them the gradient is 0 (with eps).  x = 0 and 1 stay out: torch's second derivative
+    # there is NaN (0 / 0 through the masked branch), not the 0 finite differences see;
+    # tests/manual/test_elementwise_extra.py checks them first order
+    edges = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9, -0.5, 1.5], dtype=dtype, device=device)
+    yield Sample((edges,), {"eps": 0.25}, "logit[eps=0.25,edges]")
+    yield Sample((edges[1:4],), {}, "logit[quarters]")
+    yield Sample((mk.uniform(0, 3),), {}, "logit[empty]")
+
+
+def logit_symbolic(input, eps=None):
+    if eps is None:
+        return _sym(lambda x: sympy.log(x / (1 - x)), input)
+    lo, hi = _q(eps), 1 - _q(eps)
+    return _sym(lambda x: sympy.Piecewise((sympy.log(lo / (1 - lo)), x < lo), (sympy.log(hi / (1 - hi)), x > hi),
+                                          (sympy.log(x / (1 - x)), True)), input)
+
+
+@register("logit", torch_fn=torch.logit, tensor_args=("input",), samples=logit_samples, symbolic=logit_symbolic,
+          aliases=_spellings("logit"))
+def logit_backward(grad_output, input, *, needs_input_grad, eps=None):
+    """y = log(z / (1 - z)), z = clamp(x, eps, 1 - eps): dL/dx = g / (x (1 - x)) for eps <= x <= 1 - eps
+    (both ends included), 0 outside; without eps NaN outside [0, 1] (log of a negative), as torch."""
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, Number)):
+        raise InvalidParameterError(f"logit: eps must be a number or None, got {eps!r}")
+    if not needs_input_grad[0]:
+        return (None,)
+    x, g = input, grad_output
+    inside = g / (x * (1 - x))
+    if eps is None:
+        return (torch.where((x < 0) | (x > 1), _zero_like(g) + math.nan, inside),)
+    return (torch.where((x < eps) | (x > 1 - eps), _zero_like(g), inside),)
+
+
+def nan_to_num_samples(device, dtype):
+    mk = Maker(device, dtype)
+    x = mk.randn(3, 4)
+    yield Sample((x,), {}, "nan_to_num[finite]")
+    special = torch.tensor([[math.nan, 1.0, math.inf], [-math.inf, -2.0, 0.0]], dtype=dtype, device=device)
+    yield Sample((special,), {}, "nan_to_num[nan,inf]")
+    yield Sample((special,), {"nan": 0.5}, "nan_to_num[nan=0.5]")
+    yield Sample((special,), {"nan": 1.0, "posinf": 2.0, "neginf": -3.0}, "nan_to_num[all keywords]")
+    yield Sample((special,), {"nan": None, "posinf": 9.0}, "nan_to_num[nan=None,posinf=9]")
+    yield Sample((mk.noncontiguous(special),), {"neginf": -1.0}, "nan_to_num[noncontig]")
+    yield Sample((mk.randn(()),), {}, "nan_to_num[scalar]")
+
+
+@register("nan_to_num", torch_fn=torch.nan_to_num, tensor_args=("input",), samples=nan_to_num_samples,
+          aliases=_spellings("nan_to_num"))
+def nan_to_num_backward(grad_output, input, *, needs_input_grad, nan=0.0, posinf=None, neginf=None):
+    """y = x where x is finite, a constant where it is NaN or +-inf: dL/dx = g 1[isfinite(x)]."""
+    if not needs_input_grad[0]:
+        return (None,)
+    return (grad_output * input.isfinite(),)
+
+
+def clamp_max_samples(device, dtype):
+    mk = Maker(device, dtype)
+    x = mk.randn(3, 4)
+    yield Sample((x, 0.2), {}, "clamp_max[number]")
+    yield Sample((x,), {"max": -0.3}, "clamp_max[max=number]")
+    yield Sample((x, mk.randn(4)), {}, "clamp_max[tensor,broadcast]")
+    yield Sample((x,), {"max": mk.randn(3, 1)}, "clamp_max[keyword tensor]")
+    yield Sample((mk.randn(4), mk.randn(2, 1, 4)), {}, "clamp_max[tensor,broadcast up]")
+    ties = torch.tensor([-1.0, 0.0, 0.5, 1.0, math.inf, -math.inf, math.nan], dtype=dtype, device=device)
+    yield Sample((ties, 0.5), {}, "clamp_max[ties,nan,inf]")
+    yield Sample((ties[:4], torch.tensor([0.0, 0.0, 0.5, 2.0], dtype=dtype, device=device)), {},
+                 "clamp_max[tensor ties]")
+    yield Sample((mk.randn(()), mk.randn(())), {}, "clamp_max[scalar]")
+    yield Sample((mk.noncontiguous(x), mk.noncontiguous(mk.randn(3, 4))), {}, "clamp_max[noncontig]")
+
+
+def clamp_max_symbolic(input, max):
+    return _sym(lambda x, h: sympy.Piecewise((h, x > h), (x, True)), input, max)
+
+
+@register("clamp_max", torch_fn=torch.clamp_max, tensor_args=("input", "max"), samples=clamp_max_samples,
+          keyword_tensors=("max",), symbolic=clamp_max_symbolic, aliases=_spellings("clamp_max"))
+def clamp_max_backward(grad_output, input, max, *, needs_input_grad, needs_keyword_grad=None):
+    """y = min(x, hi): dL/dx = g 1[x <= hi] (the tie goes to x), dL/dhi = g 1[x > hi], as torch
+    (both 0 where x or hi is NaN)."""
+    if not isinstance(max, (torch.Tensor, Number)) or isinstance(max, bool):
+        raise InvalidParameterError(f"clamp_max: max must be a number or a tensor, got {type(max).__name__}")
+    g, x, hi = grad_output, input, max
+    zero = _zero_like(g)
+    gx = ghi = None
+    if needs_input_grad[0]:
+        gx = _to(torch.where(x <= hi, g, zero), x)
+    if (needs_input_grad[1] or (needs_keyword_grad or {}).get("max", False)) and _is_tensor(hi):
+        ghi = _to(torch.where(x > hi, g, zero), hi)
+    return gx, ghi, {"max": ghi}
+
+
+# -- piecewise constant: sign, sgn, floor, ceil, round, trunc; and frac ---------------------
+# torch defines their gradient as 0 everywhere (also at the jumps); frac(x) = x - trunc(x) has g.
+
+def _steps_samples(name, halves=False, **kwargs):
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+        yield Sample((mk.randn(3, 4, scale=3.0),), dict(kwargs), f"{name}[3x4]")
+        yield Sample((mk.randn((), scale=3.0),), dict(kwargs), f"{name}[scalar]")
+        yield Sample((mk.noncontiguous(mk.randn(2, 3, scale=3.0)),), dict(kwargs), f"{name}[noncontig]")
+        jumps = mk.integers(2, 4) + (0.5 if halves else 0.0)
+        yield Sample((jumps,), dict(kwargs), f"{name}[at jumps]")
+        yield Sample((mk.randn(0, 2),), dict(kwargs), f"{name}[empty]")
+    samples.__name__ = f"{name}_samples"
+    return samples
+
+
+def _register_step(name, torch_fn, doc, samples, aliases):
+    def backward(grad_output, input, *, needs_input_grad, **params):
+        if not needs_input_grad[0]:
+            return (None,)
+        return (torch.zeros_like(grad_output),)
+
+    backward.__doc__ = doc
+    backward.__name__ = f"{name}_backward"
+    register(name, torch_fn=torch_fn, tensor_args=("input",), samples=samples, aliases=aliases)(backward)
+
+
+_register_step("sign", torch.sign, "y = sign(x), piecewise constant: dL/dx = 0 (also at 0), as torch.",
+               _steps_samples("sign"), _spellings("sign"))
+_register_step("sgn", torch.sgn, "y = sgn(x) (sign for real x): dL/dx = 0 for real x, as torch.",
+               _steps_samples("sgn"), _spellings("sgn"))
+_register_step("floor", torch.floor, "y = floor(x), piecewise constant: dL/dx = 0 (also at integers), as torch.",
+               _steps_samples("floor"), _spellings("floor"))
+_register_step("ceil", torch.ceil, "y = ceil(x), piecewise constant: dL/dx = 0 (also at integers), as torch.",
+               _steps_samples("ceil"), _spellings("ceil"))
+_register_step("trunc", torch.trunc, "y = trunc(x), piecewise constant: dL/dx = 0 (also at integers), as torch.",
+               _steps_samples("trunc"), _spellings("trunc", "fix"))
+
+
+def round_samples(device, dtype):
+    yield from _steps_samples("round", halves=True)(device, dtype)
+    mk = Maker(device, dtype)
+    yield Sample((mk.randn(3, 4, scale=3.0),), {"decimals": 0}, "round[decimals=0]")
+    yield Sample((mk.randn(3, 4, scale=3.0),), {"decimals": 2}, "round[decimals=2]")
+    yield Sample((mk.randn(3, 4, scale=30.0),), {"decimals": -1}, "round[decimals=-1]")
+
+
+_register_step("round", torch.round,
+               "y = round(x, decimals) (half to even), piecewise constant: dL/dx = 0 (also at the ties), as torch.",
+               round_samples, _spellings("round"))
+
+_unary("frac", torch.frac, None, lambda x: torch.ones_like(x),
+       "y = x - trunc(x): dL/dx = g everywhere, the jumps at integers included, as torch.",
+       _edge_samples("frac", lambda mk, s: mk.randn(s, scale=3.0), edges=(0.0, 1.0, -1.0, 2.5)),
+       aliases=_spellings("frac"))
+
+
+# -- binary: atan2, hypot, lerp, addcmul, addcdiv, fmod, remainder, xlogy --------------------
+
+def _tensor_pairs(name, positive_other=False, numbers=True):
+    """``_binary_table`` as samples (without the Python-number sample where torch takes none)."""
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+        for a, b, tag in _binary_table(mk, positive_other=positive_other):
+            if numbers or _is_tensor(b):
+                yield Sample((a, b), {}, f"{name}[{tag}]")
+        yield Sample((mk.randn(0, 3), mk.randn(3)), {}, f"{name}[empty]")
+    samples.__name__ = f"{name}_samples"
+    return samples
+
+
+def atan2_samples(device, dtype):
+    # |other| >= 0.5: the curvature grows as 1 / (a^2 + b^2), too sharp for float32 finite differences
+    yield from _tensor_pairs("atan2", positive_other=True, numbers=False)(device, dtype)
+    # on the axes (not the origin, where y jumps and torch's gradient is 0 by convention, nor on the cut y = 0, x < 0)
+    y = torch.tensor([0.0, 1.0, -1.0, 2.0], dtype=dtype, device=device)
+    x = torch.tensor([1.0, 0.0, 0.0, -1.0], dtype=dtype, device=device)
+    yield Sample((y, x), {}, "atan2[axes]")
+
+
+def atan2_symbolic(input, other):
+    return _sym(sympy.atan2, input, other)
+
+
+@register("atan2", torch_fn=torch.atan2, tensor_args=("input", "other"), samples=atan2_samples,
+          symbolic=atan2_symbolic, aliases=_spellings("atan2", "arctan2"))
+def atan2_backward(grad_output, input, other, *, needs_input_grad):
+    """y = atan2(a, b): with r = 1 / (a^2 + b^2), dL/da = g b r, dL/db = -g a r; r = 0 where a^2 + b^2 == 0
+    (the origin, or an underflow), so both gradients are 0 there, as torch."""
+    g, a, b = grad_output, input, other
+    denom = a * a + b * b
+    recip = torch.where(denom == 0, _zero_like(denom), denom.reciprocal())
+    ga = _to(g * b * recip, a) if needs_input_grad[0] else None
+    gb = _to(g * -a * recip, b) if needs_input_grad[1] else None
+    return ga, gb
+
+
+def hypot_samples(device, dtype):
+    yield from _tensor_pairs("hypot", numbers=False)(device, dtype)
+    a = torch.tensor([0.0, 3.0, -2.0], dtype=dtype, device=device)
+    b = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=device)
+    yield Sample((a, b), {}, "hypot[axes]")
+
+
+def hypot_symbolic(input, other):
+    return _sym(lambda a, b: sympy.sqrt(a ** 2 + b ** 2), input, other)
+
+
+@register("hypot", torch_fn=torch.hypot, tensor_args=("input", "other"), samples=hypot_samples,
+          symbolic=hypot_symbolic, aliases=_spellings("hypot"))
+def hypot_backward(grad_output, input, other, *, needs_input_grad):
+    """y = sqrt(a^2 + b^2): dL/da = g a / y, dL/db = g b / y (0 / 0 = NaN at the origin, as torch)."""
+    g, a, b = grad_output, input, other
+    result = torch.hypot(a, b)
+    ga = _to(g * a / result, a) if needs_input_grad[0] else None
+    gb = _to(g * b / result, b) if needs_input_grad[1] else None
+    return ga, gb
+
+
+def lerp_samples(device, dtype):
+    mk = Maker(device, dtype)
+    x, e = mk.randn(3, 4), mk.randn(3, 4)
+    yield Sample((x, e, 0.3), {}, "lerp[number]")
+    yield Sample((x, e, 0.7), {}, "lerp[number>0.5]")
+    yield Sample((x, e), {"weight": -1.5}, "lerp[weight=number]")
+    yield Sample((x, e, mk.uniform(3, 4)), {}, "lerp[tensor]")
+    yield Sample((x, e), {"weight": mk.randn(3, 4)}, "lerp[weight=tensor]")
+    yield Sample((mk.randn(4), mk.randn(3, 4), mk.uniform(3, 1)), {}, "lerp[broadcast]")
+    yield Sample((mk.randn(2, 1, 4), mk.randn(3, 1), mk.uniform(4)), {}, "lerp[broadcast all]")
+    yield Sample((mk.randn(2, 3), mk.randn(()), mk.uniform(())), {}, "lerp[scalar end,weight]")
+    yield Sample((mk.randn(()), mk.randn(()), 0.25), {}, "lerp[scalar]")
+    yield Sample((mk.noncontiguous(x), mk.noncontiguous(e), mk.noncontiguous(mk.uniform(3, 4))), {},
+                 "lerp[noncontig]")
+    yield Sample((x, e, torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=dtype, device=device)), {}, "lerp[w=0,0.5,1,2]")
+
+
+def lerp_symbolic(input, end, weight):
+    return _sym(lambda a, b, w: a + w * (b - a), input, end, weight)
+
+
+@register("lerp", torch_fn=torch.lerp, tensor_args=("input", "end", "weight"), samples=lerp_samples,
+          keyword_tensors=("weight",), symbolic=lerp_symbolic, aliases=_spellings("lerp"))
+def lerp_backward(grad_output, input, end, weight, *, needs_input_grad, needs_keyword_grad=None):
+    """y = a + w (b - a): dL/da = g (1 - w), dL/db = g w, dL/dw = g (b - a), each unbroadcast."""
+    if not _is_tensor(weight) and (isinstance(weight, bool) or not isinstance(weight, Number)):
+        raise InvalidParameterError(f"lerp: weight must be a number or a tensor, got {type(weight).__name__}")
+    g, a, b, w = grad_output, input, end, weight
+    ga = _to(g * (1 - w), a) if needs_input_grad[0] else None
+    gb = _to(g * w, b) if needs_input_grad[1] else None
+    want_w = needs_input_grad[2] or (needs_keyword_grad or {}).get("weight", False)
+    gw = _to(g * (b - a), w) if want_w and _is_tensor(w) else None
+    return ga, gb, gw, {"weight": gw}
+
+
+def _addc_samples(name, positive_t2=False):
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+
+        def t2(*shape):
+            return mk.away_from(*shape, margin=0.3) if positive_t2 else mk.randn(*shape)
+        yield Sample((mk.randn(3, 4), mk.randn(3, 4), t2(3, 4)), {}, f"{name}[3x4]")
+        yield Sample((mk.randn(3, 4), mk.randn(3, 4), t2(3, 4)), {"value": 0.5}, f"{name}[value=0.5]")
+        yield Sample((mk.randn(3, 4), mk.randn(3, 4), t2(3, 4)), {"value": -2}, f"{name}[value=-2]")
+        yield Sample((mk.randn(4), mk.randn(3, 1), t2(4)), {"value": 1.5}, f"{name}[broadcast]")
+        yield Sample((mk.randn(2, 1, 4), mk.randn(()), t2(3, 1)), {}, f"{name}[broadcast all]")
+        yield Sample((mk.randn(()), mk.randn(()), t2(())), {}, f"{name}[scalar]")
+        yield Sample((mk.noncontiguous(mk.randn(2, 3)), mk.noncontiguous(mk.randn(2, 3)),
+                      mk.noncontiguous(t2(2, 3))), {}, f"{name}[noncontig]")
+        yield Sample((mk.randn(0, 3), mk.randn(3), t2(3)), {}, f"{name}[empty]")
+    samples.__name__ = f"{name}_samples"
+    return samples
+
+
+def _value(name, value):
+    if isinstance(value, bool) or not isinstance(value, Number):
+        raise InvalidParameterError(f"{name}: value must be a number, got {value!r}")
+    return value
+
+
+def addcmul_symbolic(input, tensor1, tensor2, value=1):
+    v = _q(value)
+    return _sym(lambda a, b, c: a + v * b * c, input, tensor1, tensor2)
+
+
+@register("addcmul", torch_fn=torch.addcmul, tensor_args=("input", "tensor1", "tensor2"),
+          samples=_addc_samples("addcmul"), symbolic=addcmul_symbolic, aliases=_spellings("addcmul"))
+def addcmul_backward(grad_output, input, tensor1, tensor2, *, needs_input_grad, value=1):
+    """y = a + v t1 t2: dL/da = g, dL/dt1 = g v t2, dL/dt2 = g v t1, each unbroadcast."""
+    v, g = _value("addcmul", value), grad_output
+    ga = _to(g, input) if needs_input_grad[0] else None
+    g1 = _to(g * (tensor2 * v), tensor1) if needs_input_grad[1] else None
+    g2 = _to(g * (tensor1 * v), tensor2) if needs_input_grad[2] else None
+    return ga, g1, g2
+
+
+def addcdiv_symbolic(input, tensor1, tensor2, value=1):
+    v = _q(value)
+    return _sym(lambda a, b, c: a + v * b / c, input, tensor1, tensor2)
+
+
+@register("addcdiv", torch_fn=torch.addcdiv, tensor_args=("input", "tensor1", "tensor2"),
+          samples=_addc_samples("addcdiv", positive_t2=True), symbolic=addcdiv_symbolic,
+          aliases=_spellings("addcdiv"))
+def addcdiv_backward(grad_output, input, tensor1, tensor2, *, needs_input_grad, value=1):
+    """y = a + v t1 / t2: dL/da = g, dL/dt1 = g v / t2, dL/dt2 = -g v t1 / t2^2, each unbroadcast."""
+    v, g = _value("addcdiv", value), grad_output
+    ga = _to(g, input) if needs_input_grad[0] else None
+    g1 = _to(g * (v / tensor2), tensor1) if needs_input_grad[1] else None
+    g2 = _to(-g * (v * tensor1 / (tensor2 * tensor2)), tensor2) if needs_input_grad[2] else None
+    return ga, g1, g2
+
+
+def _mod_samples(name):
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+        for a, b, tag in _binary_table(mk, positive_other=True):
+            yield Sample((a * 3, b), {}, f"{name}[{tag}]")
+        yield Sample((mk.randn(3, 4, scale=5.0), mk.away_from(4, margin=0.3, scale=2.0)), {}, f"{name}[wide,bcast]")
+        yield Sample((mk.randn(3, 4, scale=3.0), -1.25), {}, f"{name}[negative number]")
+        yield Sample((mk.randn(0, 3), mk.positive(3)), {}, f"{name}[empty]")
+    samples.__name__ = f"{name}_samples"
+    return samples
+
+
+def _mod_backward(name, rounding_mode):
+    def backward(grad_output, input, other, *, needs_input_grad):
+        g = grad_output
+        if not _is_tensor(input) and needs_input_grad[1]:
+            raise UnsupportedError(f"{name}: the gradient with respect to 'other' when 'input' is a number is "
+                                   f"not defined by torch either; pass input as a tensor")
+        ga = _to(g, input) if needs_input_grad[0] else None
+        gb = _to(-g * input.div(other, rounding_mode=rounding_mode), other) if needs_input_grad[1] else None
+        return ga, gb
+    return backward
+
+
+fmod_backward = _mod_backward("fmod", "trunc")
+fmod_backward.__doc__ = "y = a - trunc(a / b) b: dL/da = g, dL/db = -g trunc(a / b) (piecewise; as torch at the jumps)."
+fmod_backward.__name__ = "fmod_backward"
+register("fmod", torch_fn=torch.fmod, tensor_args=("input", "other"), samples=_mod_samples("fmod"),
+         aliases=_spellings("fmod"))(fmod_backward)
+
+remainder_backward = _mod_backward("remainder", "floor")
+remainder_backward.__doc__ = ("y = a - floor(a / b) b: dL/da = g, dL/db = -g floor(a / b) (piecewise; as torch at "
+                              "the jumps).")
+remainder_backward.__name__ = "remainder_backward"
+register("remainder", torch_fn=torch.remainder, tensor_args=("input", "other"), samples=_mod_samples("remainder"),
+         aliases=_spellings("remainder") + (torch.Tensor.__mod__,))(remainder_backward)
+
+
+def xlogy_samples(device, dtype):
+    mk = Maker(device, dtype)
+    for a, b, tag in _binary_table(mk, positive_other=True):
+        yield Sample((a, b.abs() + 0.5 if _is_tensor(b) else abs(b)), {}, f"xlogy[{tag}]")
+    # x == 0 with other > 0: y = 0, dL/dx = g log(other).  (x == 0 with other <= 0, where torch
+    # sets dL/dx = 0 but the loss is NaN nearby, is checked against torch in test_elementwise_extra.py)
+    zeros = torch.tensor([0.0, 0.0, 1.5, -2.0], dtype=dtype, device=device)
+    yield Sample((zeros, torch.tensor([2.0, 0.5, 3.0, 0.75], dtype=dtype, device=device)), {}, "xlogy[x=0]")
+    yield Sample((2.5, mk.positive(3, 4)), {}, "xlogy[number,3x4]")
+    yield Sample((mk.randn(0, 3), mk.positive(3)), {}, "xlogy[empty]")
+
+
+def xlogy_symbolic(input, other):
+    # x log(y): at x == 0 (y > 0) it is 0 already, and its x-derivative log(y) is torch's there
+    return _sym(lambda x, y: x * sympy.log(y), input, other)
+
+
+@register("xlogy", torch_fn=torch.xlogy, tensor_args=("input", "other"), samples=xlogy_samples,
+          symbolic=xlogy_symbolic, aliases=_spellings("xlogy"))
+def xlogy_backward(grad_output, input, other, *, needs_input_grad):
+    """y = x log(o) (0 where x == 0): dL/dx = g log(o) (0 where g == 0 and o is not NaN, and 0 where
+    x == 0 and o <= 0), dL/do = g x / o, as torch.  A number input or other has no gradient entry."""
+    g, x = grad_output, input
+    o = other if _is_tensor(other) else torch.as_tensor(other, dtype=g.dtype, device=g.device)
+    gx = go = None
+    if needs_input_grad[0]:
+        zero = _zero_like(g)
+        # xlogy(g, o) = g log(o), 0 where g == 0 (unless o is NaN); its own derivative in g is
+        # xlogy(., o) again, so the second derivative stays 0 (not 0 * NaN) where o < 0
+        gx = _to(torch.where((x == 0) & (o <= 0), zero, torch.xlogy(g, o)), x)
+    if needs_input_grad[1]:
+        go = _to(g * x / other, other)
     return gx, go
