@@ -31,7 +31,9 @@ Notation: ``g`` the incoming gradient, ``b``/``a`` torch's ``beta``/``alpha``.
 * ``prod``: ``dy/dx_k = prod_{i != k} x_i``.  As torch: without any zero in the input,
   ``g y / x``; otherwise the product of the others as exclusive prefix times exclusive
   suffix cumprods (exact with zeros: one zero gives the others' product there and 0
-  elsewhere, two or more give 0 everywhere; both stay differentiable).
+  elsewhere, two or more give 0 everywhere; both stay differentiable).  As torch's full
+  reduction, two or more zeros with grad mode off (a first-order backward) give plain zeros,
+  which differ from the exclusive products only where the input also holds an inf or NaN.
 * ``topk``, ``sort``: ``values = x[idx]``, so ``dx = scatter(0, idx, g)`` along ``dim``; the
   indices are torch's own kernel's (its choice among ties), as ``median`` does.  The
   indices output is an integer tensor (no gradient).
@@ -328,14 +330,16 @@ def _order(op: str, ord) -> float:
     return float(ord)
 
 
-def _vector_norm_grad(g, x, order: float, dims: tuple[int, ...], keepdim: bool, dtype=None):
-    """torch's ``linalg_vector_norm_backward``: d/dx of <g, ||x||_order over dims> (see module docstring)."""
+def _vector_norm_grad(g, x, order: float, dims: tuple[int, ...], keepdim: bool, dtype=None, norm=None):
+    """torch's ``linalg_vector_norm_backward``: d/dx of <g, ||x||_order over dims> (see module docstring).
+    ``norm`` computes the norm (keepdim) where the forward is not ``vector_norm``."""
     g = _restore(g, x.dim(), dims, keepdim or not x.dim())
     if order == 0.0:                                       # a count of nonzeros: no gradient
         return torch.zeros_like(x)
     if order == 1.0:
         return (x.sgn() * g).to(x.dtype)
-    n = torch.linalg.vector_norm(x, order, dim=dims if x.dim() else None, keepdim=True, dtype=dtype)
+    n = torch.linalg.vector_norm(x, order, dim=dims if x.dim() else None, keepdim=True, dtype=dtype) \
+        if norm is None else norm(x)
     zero = torch.zeros((), dtype=g.dtype, device=g.device)
     if order == 2.0:
         return (g * torch.where(n == 0, zero, x / n)).to(x.dtype)
@@ -544,7 +548,9 @@ def pairwise_distance_backward(grad_output, x1, x2, p=2.0, eps=1e-6, keepdim=Fal
     if not (needs_input_grad[0] or needs_input_grad[1]):
         return None, None
     d = x1 - x2 + eps
-    gd = _vector_norm_grad(grad_output, d, order, _dims("pairwise_distance", -1, d.dim()), keepdim)
+    # torch's forward is torch.norm(d, p, -1): the same op here (a 0-d d gives sqrt(d^2), inf for huge d)
+    gd = _vector_norm_grad(grad_output, d, order, _dims("pairwise_distance", -1, d.dim()), keepdim,
+                           norm=lambda t: torch.norm(t, order, -1, keepdim=True))
     g1 = _shapes.unbroadcast(gd, x1.shape).to(x1.dtype) if needs_input_grad[0] else None
     g2 = _shapes.unbroadcast(-gd, x2.shape).to(x2.dtype) if needs_input_grad[1] else None
     return g1, g2
@@ -658,7 +664,12 @@ def prod_backward(grad_output, input, dim=None, keepdim=False, *, needs_input_gr
         (d,) = _dims("prod", dim, x.dim())
         g, xc = _restore(grad_output, x.dim(), (d,), keepdim), x
         y = torch.prod(xc, d, keepdim=True, dtype=dtype)
-    if bool((x == 0).any()):
+    zeros = int((x == 0).sum())
+    if zeros > 1 and dim is None and not torch.is_grad_enabled():
+        # torch's full reduction, first order only (grad mode off): two zeros make every product of
+        # the others 0, also where an inf or NaN would make the exclusive products NaN
+        grad = torch.zeros_like(g * y).expand(xc.shape)
+    elif zeros:
         xp = xc if dtype is None else xc.to(dtype)
         grad = g * _exclusive_products(xp, d)
     else:

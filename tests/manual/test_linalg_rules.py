@@ -124,6 +124,12 @@ def test_vector_norm_inf_ties_split_evenly_as_torch():
     assert got[0, 2] == 1 and got.abs().sum() == 1
 
 
+def test_pairwise_distance_0d_overflows_as_torch_norm():
+    # torch computes a 0-d distance as sqrt(d^2): inf for d = 1e300, and then a gradient d / inf = 0
+    a, b = torch.tensor(1e300, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    check_backward(manual.get("pairwise_distance"), (a, b), {})
+
+
 def test_pairwise_distance_of_equal_points_gives_zero_like_torch():
     rule = manual.get("pairwise_distance")
     x = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)
@@ -145,6 +151,18 @@ def test_prod_with_zeros_matches_torch_first_and_second_order():
         torch.testing.assert_close(got, want)
         check_double_backward(manual.get("prod"), (two,), kw)
     assert torch.equal(_grad("prod", two)[0], torch.zeros_like(two))
+    # two zeros and an inf: torch's full reduction gives 0 at first order (grad mode off) but the
+    # exclusive products (NaN where inf * 0) when differentiating further; the rule does the same
+    inf = torch.tensor([INF, 0.0, 2.0, 0.0], dtype=torch.float64)
+    xl = inf.clone().requires_grad_()
+    (first,) = torch.autograd.grad(xl.prod(), xl)
+    (graph,) = torch.autograd.grad(xl.prod(), xl, create_graph=True)
+    rule = manual.get("prod")
+    with torch.no_grad():
+        torch.testing.assert_close(rule.backward(torch.tensor(1.0, dtype=torch.float64), inf)[0], first)
+    torch.testing.assert_close(rule.backward(torch.tensor(1.0, dtype=torch.float64), inf)[0], graph.detach(),
+                               equal_nan=True)
+    assert graph.isnan().any()
 
 
 def test_topk_and_sort_ties_follow_torch_kernel():
@@ -187,7 +205,8 @@ def test_nonfinite_inputs_match_torch(rule, sample, value):
         ref = torch.autograd.grad(out, [l for l, k in zip(leaves, mask) if k], g, allow_unused=True)
         full = rule.forward(*args, **sample.kwargs)
         go = (g, None) if isinstance(full, tuple) else g
-        mine = [m_ for m_, k in zip(rule.backward(go, *args, **sample.kwargs), mask) if k]
+        with torch.no_grad():     # a first-order backward, as autograd.grad runs torch's above
+            mine = [m_ for m_, k in zip(rule.backward(go, *args, **sample.kwargs), mask) if k]
         for got, want in zip(mine, ref):
             want = torch.zeros_like(got) if want is None else want
             finite = want[want.isfinite()]
