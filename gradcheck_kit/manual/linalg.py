@@ -23,6 +23,7 @@ Notation: ``g`` the incoming gradient, ``b``/``a`` torch's ``beta``/``alpha``.
   n^(p-1)`` (``sgn(x) |x|^(p-1)`` for ``p < 2``), 0 where ``n = 0``.
 * ``linalg.norm`` is ``vector_norm`` (``ord=None`` or one dim or a 1-d input) or a matrix
   norm over two dims: ``'fro'`` = ``vector_norm(2)``; ``'nuc'`` = ``sum sigma``, ``dX = g U V^T``;
+  ``ord = +-2`` = ``max/min sigma``, ``dX = U diag(g M / #ties) V^T`` (``M`` the extreme ``sigma``);
   ``ord = +-1`` = ``max/min_j sum_i |x_ij|`` (``+-inf``: rows and columns swapped), so
   ``dX = sgn(X) * (g M / #ties)`` broadcast along the summed dim, ``M`` marking the columns
   (rows) whose sum is the extreme: torch composes ``amax(sum(abs))`` the same way.
@@ -392,6 +393,9 @@ def vector_norm_samples(device, dtype):
 
 
 def vector_norm_symbolic(input, ord=2, dim=None, keepdim=False, *, dtype=None):
+    if isinstance(ord, Number) and math.isinf(ord):
+        # sympy's Max/Min split a derivative unevenly at a tie of three or more; torch splits evenly
+        raise UnsupportedError("vector_norm: ord=+-inf has no symbolic forward with torch's even split at ties")
     return norm_symbolic(input, p=ord, dim=dim, keepdim=keepdim)
 
 
@@ -462,6 +466,9 @@ def linalg_norm_samples(device, dtype):
     yield Sample((x,), {"ord": INF}, "linalg_norm[matrix ord=inf]")
     yield Sample((mk.randn(2, 3, 4),), {"ord": -INF, "dim": (0, 2), "keepdim": True},
                  "linalg_norm[matrix ord=-inf,dim=(0,2),keepdim]")
+    yield Sample((x,), {"ord": 2}, "linalg_norm[matrix ord=2]")
+    yield Sample((mk.randn(2, 3, 4),), {"ord": -2, "dim": (2, 0), "keepdim": True},
+                 "linalg_norm[matrix ord=-2,dim=(2,0),keepdim]")
     yield Sample((ties,), {"ord": INF}, "linalg_norm[matrix ord=inf,ties]")
     yield Sample((ties,), {"ord": 1, "dim": (1, 0)}, "linalg_norm[matrix ord=1,dim=(1,0),ties]")
     yield Sample((mk.randn(()),), {}, "linalg_norm[0-d]")
@@ -470,11 +477,24 @@ def linalg_norm_samples(device, dtype):
     yield Sample((x,), {"dtype": torch.float64}, "linalg_norm[dtype=float64]")
 
 
+def _spectral_norm_grad(g, x, d0, d1, keepdim, largest):
+    """||X||_2 = max sigma (ord=-2: min) over the matrix dims: with X = U S V^T (reduced),
+    dL/dX = U diag(g M / #ties) V^T, M marking the extreme singular values (amax's even split)."""
+    xm = torch.movedim(x, (d0, d1), (-2, -1))
+    u, sv, vh = torch.linalg.svd(xm, full_matrices=False)
+    ext = sv.amax(-1, keepdim=True) if largest else sv.amin(-1, keepdim=True)
+    mask = sv == ext
+    g = torch.movedim(_restore(g, x.dim(), tuple(sorted((d0, d1))), keepdim), (d0, d1), (-2, -1))[..., 0]
+    gs = (g / mask.sum(-1, keepdim=True)) * mask                  # d(amax)/d sigma
+    return torch.movedim((u * gs.unsqueeze(-2)) @ vh, (-2, -1), (d0, d1))
+
+
 @register("linalg_norm", torch_fn=torch.linalg.norm, tensor_args=("input",), samples=linalg_norm_samples)
 @expects("linalg_norm", _linalg_norm_shape)
 def linalg_norm_backward(grad_output, input, ord=None, dim=None, keepdim=False, *, needs_input_grad, dtype=None):
-    """Vector: vector_norm's gradient.  Matrix ('fro': vector_norm(2); 'nuc': g U V^T; +-1 over
-    columns, +-inf over rows): dX = sgn(X) (g M / #ties) with M the extreme column (row) sums."""
+    """Vector: vector_norm's gradient.  Matrix ('fro': vector_norm(2); 'nuc': g U V^T; +-2: g u v^T of the
+    extreme singular value; +-1 over columns, +-inf over rows): dX = sgn(X) (g M / #ties) with M the
+    extreme column (row) sums."""
     _check_dtype("linalg.norm", dtype)
     kind, dims = _norm_dims(input, ord, dim)
     if not needs_input_grad[0]:
@@ -490,9 +510,12 @@ def linalg_norm_backward(grad_output, input, ord=None, dim=None, keepdim=False, 
         xc = x if dtype is None else x.to(dtype)
         return (_nuclear_norm_backward(grad_output, xc, (d0, d1), keepdim).to(x.dtype),)
     order = float(ord)
+    if abs(order) == 2.0:
+        return (_spectral_norm_grad(grad_output, x if dtype is None else x.to(dtype), d0, d1, keepdim,
+                                    order > 0).to(x.dtype),)
     if abs(order) not in (1.0, INF):
-        raise UnsupportedError(f"linalg.norm: the matrix norm ord={ord!r} (singular values) has no explicit "
-                               f"backward here; supported matrix norms: 'fro', 'nuc', 1, -1, inf, -inf")
+        raise InvalidParameterError(f"linalg.norm: a matrix norm takes ord 'fro', 'nuc', 2, -2, 1, -1, inf or "
+                                    f"-inf, got {ord!r}")
     if math.isinf(order):                                  # the inf norm is the 1 norm of the transpose
         d0, d1 = d1, d0
     xc = x if dtype is None else x.to(dtype)
@@ -601,9 +624,10 @@ def prod_symbolic(input, dim=None, keepdim=False, *, dtype=None):
     if dim is None:
         return np.array(sympy.Mul(*a.flat), dtype=object)
     d = dim % a.ndim
-    out = np.apply_along_axis(lambda r: sympy.Mul(*r), d, a) if a.shape[d] else \
-        np.full(tuple(s for i, s in enumerate(a.shape) if i != d), sympy.S.One, dtype=object)
-    out = np.asarray(out, dtype=object)
+    moved = np.moveaxis(a, d, -1)
+    out = np.empty(moved.shape[:-1], dtype=object)
+    for idx in np.ndindex(out.shape):
+        out[idx] = sympy.Mul(*moved[idx])                  # Mul() of nothing is 1
     return np.expand_dims(out, d) if keepdim else out
 
 

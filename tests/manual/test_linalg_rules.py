@@ -43,6 +43,7 @@ def _spellings():
         ("vector_norm inf", [(3, 4)], lambda x: torch.linalg.vector_norm(x, ord=INF, dim=(0, 1)), "vector_norm"),
         ("linalg.norm", [(3, 4)], lambda x: torch.linalg.norm(x), "linalg_norm"),
         ("linalg.norm positional", [(3, 4)], lambda x: torch.linalg.norm(x, 1, (1, 0)), "linalg_norm"),
+        ("linalg.norm ord=2", [(3, 4)], lambda x: torch.linalg.norm(x, 2), "linalg_norm"),
         ("linalg.norm fro", [(2, 3, 4)], lambda x: torch.linalg.norm(x, "fro", dim=(1, 2)), "linalg_norm"),
         ("F.pairwise_distance", [(3, 4), (4,)], lambda a, b: F.pairwise_distance(a, b, 3.0, 0.0, True),
          "pairwise_distance"),
@@ -236,7 +237,9 @@ def test_bad_inputs_raise_one_clear_error():
     assert "same number of matrices" in _raises(InvalidInputError, "baddbmm", torch.ones(2, 3, 4),
                                                 torch.ones(2, 3, 4), torch.ones(2, 3, 2), torch.ones(3, 2, 4))
     assert "ord must be a number" in _raises(InvalidParameterError, "vector_norm", torch.ones(()), b, ord="fro")
-    assert "singular values" in _raises(UnsupportedError, "linalg_norm", torch.ones(()), b, ord=2)
+    assert "matrix norm takes ord" in _raises(InvalidParameterError, "linalg_norm", torch.ones(()), b, ord=3)
+    assert "no symbolic forward" in str(pytest.raises(UnsupportedError, manual.get("vector_norm").symbolic,
+                                                      b.numpy().astype(object), ord=INF).value)
     assert "1-d or 2-d" in _raises(InvalidParameterError, "linalg_norm", torch.ones(()), torch.ones(2, 3, 4), ord=1)
     assert "dim must be one int" in _raises(InvalidParameterError, "prod", torch.ones(3), b, dim=(0,))
     assert "k must be an int" in _raises(InvalidParameterError, "topk", (torch.ones(3, 9), None), b, k=9)
