@@ -56,7 +56,7 @@ from gradcheck_kit.errors import InvalidInputError, InvalidParameterError, Unsup
 from gradcheck_kit.manual import _shapes, _symbolic
 from gradcheck_kit.manual._sampling import Maker
 from gradcheck_kit.manual.elementwise import _nuclear_norm_backward, norm_symbolic
-from gradcheck_kit.manual.reductions import _arange_along, _dims, _reduced, _restore, expects
+from gradcheck_kit.manual.reductions import _dims, _reduced, _restore, expects
 from gradcheck_kit.manual.registry import Sample, register
 
 __all__: list[str] = []
@@ -506,13 +506,16 @@ def linalg_norm_backward(grad_output, input, ord=None, dim=None, keepdim=False, 
     both = tuple(sorted(dims))
     if ord == "fro":
         return (_vector_norm_grad(grad_output, x, 2.0, both, keepdim, dtype),)
-    if ord == "nuc":
+    if ord == "nuc" or abs(float(ord)) == 2.0:
         xc = x if dtype is None else x.to(dtype)
-        return (_nuclear_norm_backward(grad_output, xc, (d0, d1), keepdim).to(x.dtype),)
+        try:
+            if ord == "nuc":
+                return (_nuclear_norm_backward(grad_output, xc, (d0, d1), keepdim).to(x.dtype),)
+            return (_spectral_norm_grad(grad_output, xc, d0, d1, keepdim, float(ord) > 0).to(x.dtype),)
+        except torch.linalg.LinAlgError:
+            raise InvalidInputError(f"linalg.norm: ord={ord!r} needs an SVD, which does not converge for an "
+                                    f"input holding NaN or inf (torch's forward fails there too)") from None
     order = float(ord)
-    if abs(order) == 2.0:
-        return (_spectral_norm_grad(grad_output, x if dtype is None else x.to(dtype), d0, d1, keepdim,
-                                    order > 0).to(x.dtype),)
     if abs(order) not in (1.0, INF):
         raise InvalidParameterError(f"linalg.norm: a matrix norm takes ord 'fro', 'nuc', 2, -2, 1, -1, inf or "
                                     f"-inf, got {ord!r}")

@@ -180,14 +180,14 @@ def test_topk_and_sort_ties_follow_torch_kernel():
 
 # -- non-finite inputs against torch --------------------------------------------------------------
 
-_NONFINITE_RULES = ("addmm", "addmv", "baddbmm", "addbmm", "mv", "outer", "vector_norm", "linalg_norm", "pairwise_distance",
-                    "prod", "topk", "sort")
+_NONFINITE_RULES = ("addmm", "addmv", "baddbmm", "addbmm", "mv", "outer", "vector_norm", "linalg_norm",
+                    "pairwise_distance", "prod", "topk", "sort")
 
 
 def _nonfinite_cases():
     for name in _NONFINITE_RULES:
         rule = manual.get(name)
-        for sample in rule.samples()[:3]:
+        for sample in rule.samples():
             for v in (NAN, INF, -INF, 1e300):
                 yield pytest.param(rule, sample, v, id=f"{sample.name}-{v:g}")
 
@@ -201,7 +201,13 @@ def test_nonfinite_inputs_match_torch(rule, sample, value):
         args = [a.clone() if isinstance(a, torch.Tensor) else a for a in sample.args]
         args[i].reshape(-1)[0] = value
         leaves = [a.clone().requires_grad_(k) if isinstance(a, torch.Tensor) else a for a, k in zip(args, mask)]
-        out = _first(rule.torch_fn(*leaves, **sample.kwargs))
+        try:
+            out = _first(rule.torch_fn(*leaves, **sample.kwargs))
+        except RuntimeError:            # torch rejects it (an SVD of NaN); so does the rule, clearly
+            with pytest.raises(InvalidInputError, match="does not converge"):
+                shape = _first(rule.torch_fn(*sample.args, **sample.kwargs)).shape
+                rule.backward(torch.ones(shape, dtype=torch.float64), *args, **sample.kwargs)
+            continue
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
         ref = torch.autograd.grad(out, [l for l, k in zip(leaves, mask) if k], g, allow_unused=True)
         full = rule.forward(*args, **sample.kwargs)
