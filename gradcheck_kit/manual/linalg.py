@@ -1,5 +1,6 @@
 """Linear algebra and products: ``addmm``, ``addmv``, ``baddbmm``, ``addbmm``, ``mv``,
-``outer`` (``ger``), ``linalg.vector_norm``, ``linalg.norm``, ``pairwise_distance``, ``prod``, ``topk``, ``sort``.
+``outer`` (``ger``), ``linalg.vector_norm``, ``linalg.norm``, ``linalg.matrix_norm``, ``dist``,
+``pairwise_distance``, ``prod``, ``topk``, ``sort``.
 
 Notation: ``g`` the incoming gradient, ``b``/``a`` torch's ``beta``/``alpha``.
 
@@ -27,6 +28,9 @@ Notation: ``g`` the incoming gradient, ``b``/``a`` torch's ``beta``/``alpha``.
   ``ord = +-1`` = ``max/min_j sum_i |x_ij|`` (``+-inf``: rows and columns swapped), so
   ``dX = sgn(X) * (g M / #ties)`` broadcast along the summed dim, ``M`` marking the columns
   (rows) whose sum is the extreme: torch composes ``amax(sum(abs))`` the same way.
+* ``linalg.matrix_norm`` is ``linalg.norm``'s matrix case (default ``ord='fro'``, ``dim=(-2, -1)``).
+* ``dist(a, b, p)`` = ``||a - b||_p`` over all elements (broadcast): torch's ``norm_backward`` on
+  ``a - b`` with its own ``result``, then ``da = sum_to(dd)``, ``db = -sum_to(dd)``.
 * ``pairwise_distance(x1, x2, p, eps)`` = ``vector_norm(x1 - x2 + eps, p, dim=-1)`` (torch's
   ``norm``, same backward): ``dx1 = sum_to(dd)``, ``dx2 = -sum_to(dd)``.
 * ``prod``: ``dy/dx_k = prod_{i != k} x_i``.  As torch: without any zero in the input,
@@ -502,31 +506,112 @@ def linalg_norm_backward(grad_output, input, ord=None, dim=None, keepdim=False, 
     x = input
     if kind == "vector":
         return (_vector_norm_grad(grad_output, x, 2.0 if ord is None else float(ord), dims, keepdim, dtype),)
-    d0, d1 = dims
-    both = tuple(sorted(dims))
+    return (_matrix_norm_grad("linalg.norm", grad_output, x, ord, *dims, keepdim, dtype),)
+
+
+def _matrix_norm_grad(op, g, x, ord, d0, d1, keepdim, dtype):
+    """d/dX of <g, matrix norm of X over (d0, d1)>: 'fro', 'nuc', +-2, +-1, +-inf (module docstring)."""
+    both = tuple(sorted((d0, d1)))
     if ord == "fro":
-        return (_vector_norm_grad(grad_output, x, 2.0, both, keepdim, dtype),)
+        return _vector_norm_grad(g, x, 2.0, both, keepdim, dtype)
+    if isinstance(ord, str) and ord != "nuc" or not isinstance(ord, str) and (
+            isinstance(ord, bool) or not isinstance(ord, Number) or abs(float(ord)) not in (1.0, 2.0, INF)):
+        raise InvalidParameterError(f"{op}: a matrix norm takes ord 'fro', 'nuc', 2, -2, 1, -1, inf or -inf, "
+                                    f"got {ord!r}")
+    xc = x if dtype is None else x.to(dtype)
     if ord == "nuc" or abs(float(ord)) == 2.0:
-        xc = x if dtype is None else x.to(dtype)
         try:
             if ord == "nuc":
-                return (_nuclear_norm_backward(grad_output, xc, (d0, d1), keepdim).to(x.dtype),)
-            return (_spectral_norm_grad(grad_output, xc, d0, d1, keepdim, float(ord) > 0).to(x.dtype),)
+                return _nuclear_norm_backward(g, xc, (d0, d1), keepdim).to(x.dtype)
+            return _spectral_norm_grad(g, xc, d0, d1, keepdim, float(ord) > 0).to(x.dtype)
         except torch.linalg.LinAlgError:
-            raise InvalidInputError(f"linalg.norm: ord={ord!r} needs an SVD, which does not converge for an "
+            raise InvalidInputError(f"{op}: ord={ord!r} needs an SVD, which does not converge for an "
                                     f"input holding NaN or inf (torch's forward fails there too)") from None
     order = float(ord)
-    if abs(order) not in (1.0, INF):
-        raise InvalidParameterError(f"linalg.norm: a matrix norm takes ord 'fro', 'nuc', 2, -2, 1, -1, inf or "
-                                    f"-inf, got {ord!r}")
     if math.isinf(order):                                  # the inf norm is the 1 norm of the transpose
         d0, d1 = d1, d0
-    xc = x if dtype is None else x.to(dtype)
     s = xc.abs().sum(d0, keepdim=True)                     # column sums |x| over d0
     m = s.amax(d1, keepdim=True) if order > 0 else s.amin(d1, keepdim=True)
     mask = s == m
-    g = _restore(grad_output, x.dim(), both, keepdim)
-    return ((xc.sgn() * ((g / mask.sum(d1, keepdim=True)) * mask)).to(x.dtype),)
+    g = _restore(g, x.dim(), both, keepdim)
+    return (xc.sgn() * ((g / mask.sum(d1, keepdim=True)) * mask)).to(x.dtype)
+
+
+def _matrix_dims(op, input, dim):
+    if isinstance(dim, int) or len(dim) != 2:
+        raise InvalidParameterError(f"{op}: dim must name two dims, got {dim!r}")
+    if input.dim() < 2:
+        raise InvalidInputError(f"{op}: the input must have at least 2 dims, got shape {tuple(input.shape)}")
+    d0, d1 = (_dims(op, d, input.dim())[0] for d in dim)
+    if d0 == d1:
+        raise InvalidParameterError(f"{op}: the two dims of a matrix norm must differ, got {dim!r}")
+    return d0, d1
+
+
+def matrix_norm_samples(device, dtype):
+    mk = Maker(device, dtype)
+    x = mk.randn(3, 4)
+    ties = torch.tensor([[1.0, -2.0, 3.0], [3.0, -1.0, 2.0], [0.5, 1.0, 0.5]], dtype=mk.dtype, device=mk.device)
+    yield Sample((x,), {}, "matrix_norm[fro]")
+    yield Sample((mk.randn(2, 3, 4),), {"ord": "nuc"}, "matrix_norm[nuc,batched]")
+    yield Sample((mk.randn(2, 3, 4),), {"ord": 2, "dim": (0, 2), "keepdim": True}, "matrix_norm[ord=2,dim=(0,2)]")
+    yield Sample((x,), {"ord": -2}, "matrix_norm[ord=-2]")
+    yield Sample((ties,), {"ord": 1}, "matrix_norm[ord=1,ties]")
+    yield Sample((mk.randn(2, 3, 4),), {"ord": -INF, "keepdim": True}, "matrix_norm[ord=-inf,keepdim]")
+    yield Sample((mk.randn(0, 3, 4),), {}, "matrix_norm[empty batch]")
+    yield Sample((mk.noncontiguous(mk.randn(3, 4)),), {"ord": INF}, "matrix_norm[ord=inf,noncontig]")
+    yield Sample((x,), {"dtype": torch.float64}, "matrix_norm[dtype=float64]")
+
+
+def _matrix_norm_shape(input, ord="fro", dim=(-2, -1), keepdim=False, **_):
+    return _reduced(input, tuple(sorted(_matrix_dims("matrix_norm", input, dim))), keepdim)
+
+
+@register("matrix_norm", torch_fn=torch.linalg.matrix_norm, tensor_args=("input",), samples=matrix_norm_samples)
+@expects("matrix_norm", _matrix_norm_shape)
+def matrix_norm_backward(grad_output, input, ord="fro", dim=(-2, -1), keepdim=False, *, needs_input_grad,
+                         dtype=None):
+    """linalg.norm's matrix gradients ('fro', 'nuc', +-2, +-1, +-inf) over the two dims ``dim``."""
+    _check_dtype("matrix_norm", dtype)
+    d0, d1 = _matrix_dims("matrix_norm", input, dim)
+    if not needs_input_grad[0]:
+        return (None,)
+    return (_matrix_norm_grad("matrix_norm", grad_output, input, ord, d0, d1, keepdim, dtype),)
+
+
+# -- dist ---------------------------------------------------------------------------------
+
+def dist_samples(device, dtype):
+    mk = Maker(device, dtype)
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {}, "dist[3x4]")
+    yield Sample((mk.randn(3, 4), mk.randn(4)), {"p": 1}, "dist[p=1,bcast]")
+    yield Sample((mk.randn(2, 1, 3), mk.randn(4, 1)), {"p": 3.0}, "dist[p=3,bcast both]")
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {"p": INF}, "dist[p=inf]")
+    yield Sample((mk.randn(3, 4), mk.randn(3, 4)), {"p": 0.5}, "dist[p=0.5]")
+    yield Sample((mk.randn(()), mk.randn(3)), {}, "dist[0-d]")
+    yield Sample((mk.randn(0, 3), mk.randn(3)), {}, "dist[empty]")
+    yield Sample((mk.noncontiguous(mk.randn(3, 4)), mk.randn(4, 3).T), {"p": 2}, "dist[noncontig]")
+
+
+def dist_symbolic(input, other, p=2):
+    a, b = _symbolic.asarray(input), _symbolic.asarray(other)
+    return norm_symbolic(np.asarray(a - b, dtype=object), p=p)
+
+
+@register("dist", torch_fn=torch.dist, tensor_args=("input", "other"), samples=dist_samples, symbolic=dist_symbolic,
+          aliases=(torch.Tensor.dist,))
+@expects("dist", lambda input, other, p=2: _pairwise_shape(input, other) and ())   # 0-d once they broadcast
+def dist_backward(grad_output, input, other, p=2, *, needs_input_grad):
+    """y = ||a - b||_p over all elements: dL/da = sum_to(dd), dL/db = -sum_to(dd), dd torch's norm_backward."""
+    order = _order("dist", p)
+    if not (needs_input_grad[0] or needs_input_grad[1]):
+        return None, None
+    d = input - other
+    gd = _vector_norm_grad(grad_output, d, order, tuple(range(d.dim())), False,
+                           norm=lambda t: torch.dist(input, other, order).reshape((1,) * t.dim()))
+    ga = _shapes.unbroadcast(gd, input.shape).to(input.dtype) if needs_input_grad[0] else None
+    gb = _shapes.unbroadcast(-gd, other.shape).to(other.dtype) if needs_input_grad[1] else None
+    return ga, gb
 
 
 # -- pairwise_distance --------------------------------------------------------------------

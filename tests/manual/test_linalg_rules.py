@@ -45,6 +45,11 @@ def _spellings():
         ("linalg.norm positional", [(3, 4)], lambda x: torch.linalg.norm(x, 1, (1, 0)), "linalg_norm"),
         ("linalg.norm ord=2", [(3, 4)], lambda x: torch.linalg.norm(x, 2), "linalg_norm"),
         ("linalg.norm fro", [(2, 3, 4)], lambda x: torch.linalg.norm(x, "fro", dim=(1, 2)), "linalg_norm"),
+        ("matrix_norm", [(2, 3, 4)], lambda x: torch.linalg.matrix_norm(x), "matrix_norm"),
+        ("matrix_norm positional", [(2, 3, 4)], lambda x: torch.linalg.matrix_norm(x, 1, (0, 2), True),
+         "matrix_norm"),
+        ("torch.dist", [(3, 4), (4,)], lambda a, b: torch.dist(a, b), "dist"),
+        ("Tensor.dist", [(3, 4), (3, 4)], lambda a, b: a.dist(b, 3), "dist"),
         ("F.pairwise_distance", [(3, 4), (4,)], lambda a, b: F.pairwise_distance(a, b, 3.0, 0.0, True),
          "pairwise_distance"),
         ("nn.PairwiseDistance", [(3, 4), (3, 4)], lambda a, b: torch.nn.PairwiseDistance(p=1.0)(a, b),
@@ -181,7 +186,7 @@ def test_topk_and_sort_ties_follow_torch_kernel():
 # -- non-finite inputs against torch --------------------------------------------------------------
 
 _NONFINITE_RULES = ("addmm", "addmv", "baddbmm", "addbmm", "mv", "outer", "vector_norm", "linalg_norm",
-                    "pairwise_distance", "prod", "topk", "sort")
+                    "matrix_norm", "dist", "pairwise_distance", "prod", "topk", "sort")
 
 
 def _nonfinite_cases():
@@ -243,6 +248,9 @@ def test_bad_inputs_raise_one_clear_error():
     assert "same number of matrices" in _raises(InvalidInputError, "baddbmm", torch.ones(2, 3, 4),
                                                 torch.ones(2, 3, 4), torch.ones(2, 3, 2), torch.ones(3, 2, 4))
     assert "ord must be a number" in _raises(InvalidParameterError, "vector_norm", torch.ones(()), b, ord="fro")
+    assert "dim must name two dims" in _raises(InvalidParameterError, "matrix_norm", torch.ones(3), b, dim=0)
+    assert "at least 2 dims" in _raises(InvalidInputError, "matrix_norm", torch.ones(()), torch.ones(3))
+    assert "do not broadcast" in _raises(InvalidInputError, "dist", torch.ones(()), b, torch.ones(3))
     assert "matrix norm takes ord" in _raises(InvalidParameterError, "linalg_norm", torch.ones(()), b, ord=3)
     assert "no symbolic forward" in str(pytest.raises(UnsupportedError, manual.get("vector_norm").symbolic,
                                                       b.numpy().astype(object), ord=INF).value)
