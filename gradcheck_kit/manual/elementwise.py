@@ -1020,3 +1020,175 @@ def xlogy_backward(grad_output, input, other, *, needs_input_grad):
     if needs_input_grad[1]:
         go = _to(g * x / other, other)
     return gx, go
+
+
+# -- erfinv, sinc, deg2rad, rad2deg, ndtr, log_ndtr ---------------------------------------
+
+_SQRT_PI = math.sqrt(math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
+
+
+_unary("erfinv", torch.erfinv, sympy.erfinv, lambda x: 0.5 * _SQRT_PI * torch.exp(torch.erfinv(x).pow(2)),
+       "y = erfinv x: dL/dx = g (sqrt(pi) / 2) e^(y^2).",
+       _edge_samples("erfinv", _domain(-0.9, 0.9), edges=(0.0,)), aliases=_spellings("erfinv"))
+
+
+def _sinc_derivative(x):
+    """sinc'(x) = (pi x cos(pi x) - sin(pi x)) / (pi x^2), 0 at x == 0 (torch's where)."""
+    x_pi = x * math.pi
+    sq_pi = x * x * math.pi
+    return torch.where(sq_pi == 0.0, _zero_like(x), (x_pi * x_pi.cos() - x_pi.sin()) / sq_pi)
+
+
+def _sinc_symbolic(x):
+    return sympy.sin(sympy.pi * x) / (sympy.pi * x)
+
+
+# x == 0 (where torch's second derivative is 0 / 0 = NaN) is checked first order in test_elementwise_extra.py
+_unary("sinc", torch.sinc, _sinc_symbolic, _sinc_derivative,
+       "y = sin(pi x) / (pi x): dL/dx = g (pi x cos(pi x) - sin(pi x)) / (pi x^2), 0 at x == 0 as torch.",
+       _edge_samples("sinc", lambda mk, s: mk.away_from(s, margin=0.1, scale=2.0), edges=(1.0, -2.0, 0.5)),
+       aliases=_spellings("sinc"))
+_unary("deg2rad", torch.deg2rad, lambda x: x * sympy.pi / 180, lambda x: torch.full_like(x, math.pi / 180),
+       "y = x pi / 180: dL/dx = g pi / 180.",
+       _edge_samples("deg2rad", lambda mk, s: mk.randn(s, scale=90.0)), aliases=_spellings("deg2rad"))
+_unary("rad2deg", torch.rad2deg, lambda x: x * 180 / sympy.pi, lambda x: torch.full_like(x, 180 / math.pi),
+       "y = x 180 / pi: dL/dx = g 180 / pi.",
+       _edge_samples("rad2deg", lambda mk, s: mk.randn(s)), aliases=_spellings("rad2deg"))
+_unary("ndtr", torch.special.ndtr, lambda x: (1 + sympy.erf(x / sympy.sqrt(2))) / 2,
+       lambda x: torch.exp(-0.5 * x.pow(2)) * _INV_SQRT_2PI,
+       "y = Phi(x), the standard normal CDF: dL/dx = g e^(-x^2 / 2) / sqrt(2 pi).",
+       _edge_samples("ndtr", lambda mk, s: mk.randn(s, scale=2.0), edges=(0.0, -10.0)))
+
+
+def _log_ndtr_derivative(x):
+    """d log Phi(x) / dx = phi(x) / Phi(x) = e^(-(y + x^2 / 2)) / sqrt(2 pi), y = log Phi(x): no overflow
+    for very negative x (Phi underflows, the exponent does not)."""
+    return _INV_SQRT_2PI * (torch.special.log_ndtr(x) + x.pow(2) / 2).neg().exp()
+
+
+_unary("log_ndtr", torch.special.log_ndtr, lambda x: sympy.log((1 + sympy.erf(x / sympy.sqrt(2))) / 2),
+       _log_ndtr_derivative, "y = log Phi(x): dL/dx = g e^(-(y + x^2 / 2)) / sqrt(2 pi).",
+       _edge_samples("log_ndtr", lambda mk, s: mk.randn(s, scale=3.0), edges=(0.0, -6.0, 6.0)))
+# (the far tail, x = -30, where Phi underflows, is compared with torch in test_elementwise_extra.py)
+
+
+# -- logaddexp, logaddexp2, copysign, xlog1py, float_power, rsub ---------------------------
+
+def _logaddexp_backward(name, base_pow):
+    def backward(grad_output, input, other, *, needs_input_grad):
+        g, a, b = grad_output, input, other
+        ga = _to(g / (1 + base_pow(b - a)), a) if needs_input_grad[0] else None
+        gb = _to(g / (1 + base_pow(a - b)), b) if needs_input_grad[1] else None
+        return ga, gb
+    backward.__name__ = f"{name}_backward"
+    return backward
+
+
+def logaddexp_samples(device, dtype):
+    yield from _tensor_pairs("logaddexp", numbers=False)(device, dtype)
+    big = torch.tensor([30.0, -30.0, 0.0, 700.0], dtype=dtype, device=device) if dtype == torch.float64 else \
+        torch.tensor([30.0, -30.0, 0.0, 80.0], dtype=dtype, device=device)
+    other = torch.tensor([-30.0, 30.0, 0.0, 1.0], dtype=dtype, device=device)
+    yield Sample((big, other), {}, "logaddexp[far apart,equal]")
+
+
+logaddexp_backward = _logaddexp_backward("logaddexp", torch.exp)
+logaddexp_backward.__doc__ = ("y = log(e^a + e^b): dL/da = g / (1 + e^(b - a)) (the softmax weight of a), "
+                              "dL/db = g / (1 + e^(a - b)).")
+register("logaddexp", torch_fn=torch.logaddexp, tensor_args=("input", "other"), samples=logaddexp_samples,
+         symbolic=lambda input, other: _sym(lambda a, b: sympy.log(sympy.exp(a) + sympy.exp(b)), input, other),
+         aliases=_spellings("logaddexp"))(logaddexp_backward)
+
+logaddexp2_backward = _logaddexp_backward("logaddexp2", lambda d: torch.pow(2, d))
+logaddexp2_backward.__doc__ = "y = log2(2^a + 2^b): dL/da = g / (1 + 2^(b - a)), dL/db = g / (1 + 2^(a - b))."
+register("logaddexp2", torch_fn=torch.logaddexp2, tensor_args=("input", "other"),
+         samples=_tensor_pairs("logaddexp2", numbers=False),
+         symbolic=lambda input, other: _sym(lambda a, b: sympy.log(2 ** a + 2 ** b, 2), input, other),
+         aliases=_spellings("logaddexp2"))(logaddexp2_backward)
+
+
+def copysign_samples(device, dtype):
+    yield from _tensor_pairs("copysign", numbers=True)(device, dtype)
+    x = torch.tensor([0.0, -0.0, 1.5, -2.0, 3.0], dtype=dtype, device=device)
+    yield Sample((x, torch.tensor([1.0, -1.0, -0.0, 0.0, -1.0], dtype=dtype, device=device)), {}, "copysign[zeros]")
+
+
+@register("copysign", torch_fn=torch.copysign, tensor_args=("input", "other"), samples=copysign_samples,
+          aliases=_spellings("copysign"))
+def copysign_backward(grad_output, input, other, *, needs_input_grad):
+    """y = |a| sign(b) (the sign bit of b, -0.0 included): dL/da = g y / a (+-1), 0 where a == 0; dL/db = 0
+    (piecewise constant in b), as torch."""
+    g, a = grad_output, input
+    ga = gb = None
+    if needs_input_grad[0]:
+        result = torch.copysign(a, other)
+        ratio = torch.where(a == 0, _zero_like(g), result / a)
+        ga = _to(g * ratio, a)
+    if needs_input_grad[1]:
+        gb = torch.zeros_like(other)
+    return ga, gb
+
+
+def xlog1py_samples(device, dtype):
+    mk = Maker(device, dtype)
+    for a, b, tag in _binary_table(mk, positive_other=True):
+        yield Sample((a, b.abs() - 0.5 if _is_tensor(b) else abs(b)), {}, f"xlog1py[{tag}]")
+    yield Sample((2.5, mk.positive(3, 4)), {}, "xlog1py[number,3x4]")
+
+
+@register("xlog1py", torch_fn=torch.special.xlog1py, tensor_args=("input", "other"), samples=xlog1py_samples,
+          symbolic=lambda input, other: _sym(lambda x, y: x * sympy.log(1 + y), input, other))
+def xlog1py_backward(grad_output, input, other, *, needs_input_grad):
+    """y = x log(1 + o) (0 where x == 0): dL/dx = g log(1 + o) (0 where g == 0 unless o is NaN, 0 where
+    x == 0 and o <= -1), dL/do = g x / (o + 1), as torch."""
+    g, x = grad_output, input
+    o = other if _is_tensor(other) else torch.as_tensor(other, dtype=g.dtype, device=g.device)
+    gx = go = None
+    if needs_input_grad[0]:
+        gx = _to(torch.where((x == 0) & (o <= -1), _zero_like(g), torch.special.xlog1py(g, o)), x)
+    if needs_input_grad[1]:
+        go = _to(g * x / (other + 1), other)
+    return gx, go
+
+
+def float_power_samples(device, dtype):
+    mk = Maker(device, dtype)
+    yield Sample((mk.randn(3, 4), 2), {}, "float_power[^2]")
+    yield Sample((mk.positive(3, 4), 0.5), {}, "float_power[pos,^0.5]")
+    yield Sample((mk.integers(3, 4), 0), {}, "float_power[zeros,^0]")
+    yield Sample((mk.positive(3, 4), mk.randn(4)), {}, "float_power[3x4,4]")
+    yield Sample((mk.positive(()), mk.randn(2, 3)), {}, "float_power[scalar,2x3]")
+    yield Sample((2.0, mk.randn(3, 4)), {}, "float_power[2.0,3x4]")
+    yield Sample((mk.noncontiguous(mk.positive(2, 3)), 3), {}, "float_power[noncontig]")
+
+
+def float_power_symbolic(input, exponent):
+    return _sym(lambda a, b: a ** b, input, exponent)
+
+
+@register("float_power", torch_fn=torch.float_power, tensor_args=("input", "exponent"), samples=float_power_samples,
+          symbolic=float_power_symbolic, aliases=_spellings("float_power"))
+def float_power_backward(grad_output, input, exponent, *, needs_input_grad):
+    """y = pow(a, b) computed in float64: pow's gradients (see ``pow``) of the float64 values, cast back to
+    each argument's dtype."""
+    a = input.double() if _is_tensor(input) else input
+    b = exponent.double() if _is_tensor(exponent) else exponent
+    ga, gb = pow_backward(grad_output, a, b, needs_input_grad=needs_input_grad)
+    return (ga.to(input.dtype) if ga is not None else None, gb.to(exponent.dtype) if gb is not None else None)
+
+
+def rsub_samples(device, dtype):
+    mk = Maker(device, dtype)
+    for a, b, tag in _binary_table(mk):
+        yield Sample((a, b), {}, f"rsub[{tag}]")
+    yield Sample((mk.randn(2, 3), mk.randn(3)), {"alpha": 2.0}, "rsub[alpha=2]")
+
+
+@register("rsub", torch_fn=torch.rsub, tensor_args=("input", "other"), samples=rsub_samples,
+          symbolic=lambda input, other, alpha=1: _sym(lambda x, y: y - _q(alpha) * x, input, other))
+def rsub_backward(grad_output, input, other, *, needs_input_grad, alpha=1):
+    """y = o - alpha x: dL/dx = unbroadcast(-alpha g), dL/do = unbroadcast(g)."""
+    gx = _to(grad_output * (-alpha), input) if needs_input_grad[0] else None
+    go = _to(grad_output, other) if needs_input_grad[1] else None
+    return gx, go

@@ -75,6 +75,20 @@ SPELLINGS = [
     ("x % y", "remainder", lambda x, y, w: (3 * x) % y),
     ("x.remainder(number)", "remainder", lambda x, y, w: x.remainder(0.3)),
     ("torch.fmod", "fmod", lambda x, y, w: torch.fmod(3 * x, y)),
+    ("x.erfinv", "erfinv", lambda x, y, w: x.erfinv()),
+    ("special.sinc", "sinc", lambda x, y, w: torch.special.sinc(x)),
+    ("x.deg2rad", "deg2rad", lambda x, y, w: x.deg2rad()),
+    ("torch.rad2deg", "rad2deg", lambda x, y, w: torch.rad2deg(x)),
+    ("special.ndtr", "ndtr", lambda x, y, w: torch.special.ndtr(x)),
+    ("special.log_ndtr", "log_ndtr", lambda x, y, w: torch.special.log_ndtr(x)),
+    ("x.logaddexp", "logaddexp", lambda x, y, w: x.logaddexp(y)),
+    ("torch.logaddexp2", "logaddexp2", lambda x, y, w: torch.logaddexp2(x, w)),
+    ("x.copysign", "copysign", lambda x, y, w: x.copysign(w - 0.5)),
+    ("copysign number", "copysign", lambda x, y, w: torch.copysign(x, -1.0)),
+    ("special.xlog1py", "xlog1py", lambda x, y, w: torch.special.xlog1py(x, y)),
+    ("x.float_power", "float_power", lambda x, y, w: x.float_power(y)),
+    ("float_power number base", "float_power", lambda x, y, w: torch.float_power(2.0, x)),
+    ("torch.rsub", "rsub", lambda x, y, w: torch.rsub(x, y, alpha=2)),
     ("x.xlogy", "xlogy", lambda x, y, w: x.xlogy(y)),
     ("special.xlogy number", "xlogy", lambda x, y, w: torch.special.xlogy(2.0, y)),
 ]
@@ -205,3 +219,39 @@ def test_inputs_are_not_modified():
     for name, args in [("lerp", (x, o, W)), ("addcdiv", (x, W, o)), ("xlogy", (x, o)), ("nan_to_num", (x,))]:
         manual.get(name).backward(torch.ones(3, 4, dtype=torch.float64), *args)
     assert torch.equal(x, X) and torch.equal(o, Y)
+
+
+def test_sinc_gradient_is_zero_at_zero_as_torch():
+    x = _t(0.0, -0.0, 1.0, 1e-200)
+    got, want = _vs_torch("sinc", (x,), {})
+    torch.testing.assert_close(got, want)
+    assert got[0] == 0 and got[1] == 0
+
+
+def test_log_ndtr_far_tail_stays_finite_as_torch():
+    # phi(x) / Phi(x) ~ -x: both underflow at x = -40, the rule's e^(-(y + x^2 / 2)) does not
+    x = _t(-40.0, -30.0, -12.0, 10.0, 40.0)
+    got, want = _vs_torch("log_ndtr", (x,), {})
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=0)
+    assert bool(got.isfinite().all())
+
+
+def test_copysign_gradient_is_zero_at_zero_and_for_the_sign_source():
+    a, b = _t(0.0, -0.0, 1.5, -2.0), _t(-1.0, 1.0, -0.0, 3.0)
+    for wrt in (0, 1):
+        got, want = _vs_torch("copysign", (a, b), {}, wrt=wrt)
+        torch.testing.assert_close(got, want)
+    g = torch.ones(4, dtype=torch.float64)
+    ga, gb = manual.get("copysign").backward(g, a, b)
+    assert ga.tolist() == [0.0, 0.0, -1.0, -1.0] and not bool(gb.ne(0).any())
+
+
+def test_float_power_gradient_comes_back_in_the_input_dtype():
+    x = torch.rand(3, generator=_gen()) + 0.5                  # float32; the output is float64
+    xr = x.clone().requires_grad_(True)
+    out = torch.float_power(xr, 2.5)
+    (want,) = torch.autograd.grad(out.sum(), xr)
+    got, none = manual.get("float_power").backward(torch.ones(3, dtype=torch.float64), x, 2.5)
+    assert none is None                                        # a number exponent has no gradient
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
