@@ -17,16 +17,20 @@ gradient equally between tied maxima; the nuclear norm (``p="nuc"``) has ``dL/dX
 More elementwise functions, with their ``torch.Tensor``, ``torch.special`` and ``arc*`` spellings
 (``-x`` is ``Tensor.neg``, ``x % y`` is ``remainder``): ``neg``, ``reciprocal``, ``rsqrt``, ``square``,
 ``log1p``, ``expm1``, ``log2``, ``log10``, ``exp2``, ``tan``, ``atan``, ``asin``, ``acos``, ``sinh``,
-``cosh``, ``asinh``, ``atanh``, ``acosh``, ``erf``, ``erfc``, ``logit``, ``nan_to_num``, ``clamp_max``;
-``atan2``, ``hypot``, ``lerp``, ``addcmul``, ``addcdiv``, ``fmod``, ``remainder``, ``xlogy``.  Their
-derivatives are written in torch's order of operations, so NaN, inf and overflow give torch's values.
+``cosh``, ``asinh``, ``atanh``, ``acosh``, ``erf``, ``erfc``, ``erfinv``, ``sinc``, ``deg2rad``,
+``rad2deg``, ``ndtr``, ``log_ndtr``, ``logit``, ``nan_to_num``, ``clamp_max``; ``atan2``, ``hypot``,
+``lerp``, ``addcmul``, ``addcdiv``, ``fmod``, ``remainder``, ``xlogy``, ``xlog1py``, ``logaddexp``,
+``logaddexp2``, ``copysign``, ``float_power``, ``rsub``.  Their derivatives are written in torch's
+order of operations, so NaN, inf and overflow give torch's values.
 Conventions, as torch: ``logit(x, eps)`` has ``g / (x (1 - x))`` on ``[eps, 1 - eps]`` (ends included)
 and 0 outside (NaN outside ``[0, 1]`` without ``eps``); ``nan_to_num`` passes ``g`` where ``x`` is
 finite, 0 where it replaces; ``clamp_max``'s tie ``x == max`` goes to ``x``; ``atan2``'s gradient is 0
 where ``a^2 + b^2`` is 0 (``hypot``'s is 0 / 0 = NaN there); ``fmod``/``remainder`` give ``-g q`` to
 the divisor with ``q`` the rounded quotient, also at the jumps; ``xlogy``'s ``dL/dx`` is 0 where
-``x == 0`` and ``other <= 0``.  ``sign``, ``sgn``, ``floor``, ``ceil``, ``round`` and ``trunc`` are
-piecewise constant (gradient 0 everywhere, jumps included); ``frac`` passes ``g`` everywhere.
+``x == 0`` and ``other <= 0`` (``xlog1py``'s where ``other <= -1``); ``sinc'(0) = 0``; ``copysign``
+gives ``b`` no gradient and ``a`` 0 at ``a == 0``.  ``sign``, ``sgn``, ``floor``, ``ceil``, ``round``
+and ``trunc`` are piecewise constant (gradient 0 everywhere, jumps included); ``frac`` passes ``g``
+everywhere.
 """
 
 from __future__ import annotations
