@@ -93,7 +93,7 @@ def test_planted_wrong_rule_changes_the_gradient(monkeypatch):
 
 
 def _two_missing(x):
-    a = torch.logaddexp(x, x)
+    a = torch.logcumsumexp(x, 0)
     b = torch.special.erfcx(a)
     return b.sum()
 
@@ -106,17 +106,17 @@ def test_strict_raises_naming_every_missing_op_and_call_site():
             _two_missing(x)
     msg = str(info.value)
     assert isinstance(info.value, GradcheckKitError)
-    assert f"torch.logaddexp at test_use_rules.py:{line + 1}" in msg
+    assert f"torch.logcumsumexp at test_use_rules.py:{line + 1}" in msg
     assert f"erfcx at test_use_rules.py:{line + 2}" in msg
     assert msg.startswith("2 differentiable ops") and msg.count("\n") == 0
-    assert [m.op for m in info.value.ops][:1] == ["torch.logaddexp"]
+    assert [m.op for m in info.value.ops][:1] == ["torch.logcumsumexp"]
 
 
 def test_non_strict_records_and_lets_autograd_differentiate():
     x = torch.randn(4, dtype=torch.float64, requires_grad=True)
     with use_rules(strict=False) as session:
         y = _two_missing(x)
-    assert [m.op for m in session.missing][0] == "torch.logaddexp" and session.ops == ["sum"]
+    assert [m.op for m in session.missing][0] == "torch.logcumsumexp" and session.ops == ["sum"]
     (g,) = torch.autograd.grad(y, x)
     x2 = x.detach().requires_grad_()
     (g2,) = torch.autograd.grad(_two_missing(x2), x2)
@@ -127,9 +127,9 @@ def test_nondifferentiable_calls_are_not_missing():
     x = torch.randn(3, 4, requires_grad=True)
     with use_rules(strict=True) as session:
         idx = x.argmax(1)
-        x.detach().logaddexp(x.detach())    # no gradient involved
+        x.detach().logcumsumexp(0)    # no gradient involved
         with torch.no_grad():
-            torch.logaddexp(x, x)
+            torch.logcumsumexp(x, 0)
         y = torch.sum(x) * 2
     assert session.ops == ["sum", "mul"] and idx.dtype == torch.int64 and y.requires_grad
 
@@ -141,11 +141,11 @@ def test_nothing_changes_outside_and_nesting():
         with use_rules(strict=True) as outer:
             with use_rules(strict=False) as inner:
                 a = F.conv2d(x, w)
-                b = torch.logaddexp(a, a)
+                b = torch.logcumsumexp(a, 0)
             c = F.relu(b)
             assert a.grad_fn.name() == "_RuleFunctionBackward"
     assert inner.ops == ["conv2d"] and outer.ops == ["conv2d", "relu"]
-    assert [m.op for m in inner.missing] == [m.op for m in outer.missing] == ["torch.logaddexp"]
+    assert [m.op for m in inner.missing] == [m.op for m in outer.missing] == ["torch.logcumsumexp"]
     d = F.conv2d(x, w)
     assert "Convolution" in d.grad_fn.name()
     assert torch.overrides._get_current_function_mode() is None
@@ -218,8 +218,8 @@ def test_rules_manual_gradients_and_double_backward(monkeypatch):
 
 
 def test_rules_manual_raises_for_missing_rule():
-    with pytest.raises(MissingRuleError, match="logaddexp"):
-        rules_manual(lambda x: torch.logaddexp(x, x).sum())(x=torch.randn(3))
+    with pytest.raises(MissingRuleError, match="logcumsumexp"):
+        rules_manual(lambda x: torch.logcumsumexp(x, 0).sum())(x=torch.randn(3))
 
 
 @pytest.mark.cuda
