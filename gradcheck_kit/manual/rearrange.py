@@ -319,11 +319,13 @@ def _interleave_params(input, repeats, dim):
     """``(repeats as an int or a 1-d int64 tensor, dim or None, n)``: n is the length of the repeated axis."""
     n = math.prod(input.shape) if dim is None else None
     if dim is not None:
-        if not isinstance(dim, int) or isinstance(dim, bool) or not -max(input.ndim, 1) <= dim < max(input.ndim, 1):
+        if input.ndim == 0:   # torch rejects any dim for a 0-d input
+            raise InvalidParameterError("repeat_interleave: a 0-d input takes no dim (leave dim None)")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not -input.ndim <= dim < input.ndim:
             raise InvalidParameterError(f"repeat_interleave: dim {dim!r} is out of range for an input with "
                                         f"{input.ndim} dims")
-        dim = dim % max(input.ndim, 1)
-        n = input.shape[dim] if input.ndim else 1
+        dim = dim % input.ndim
+        n = input.shape[dim]
     if isinstance(repeats, torch.Tensor):
         if repeats.is_floating_point() or repeats.is_complex() or repeats.dim() > 1:
             raise InvalidParameterError("repeat_interleave: repeats must be an int or a 0-d or 1-d integer tensor")
@@ -398,7 +400,7 @@ def repeat_interleave_symbolic(input, repeats, *, dim=None, output_size=None):
         reps = reps.tolist()
     if dim is None:
         return _object_array(np.repeat(input.reshape(-1), reps))
-    return _object_array(np.repeat(input if input.ndim else input.reshape(1), reps, axis=dim))
+    return _object_array(np.repeat(input, reps, axis=dim))
 
 
 @register("repeat_interleave", torch_fn=_repeat_interleave, tensor_args=("input", "repeats"),
@@ -413,14 +415,13 @@ def repeat_interleave_backward(grad_output, input, repeats, *, needs_input_grad,
         total = int(reps.sum()) if reps.numel() == n else int(reps.reshape(-1)[0]) * n
     else:
         total = reps * n
-    shape = (total,) if d is None else (tuple(input.shape[:d]) + (total,) + tuple(input.shape[d + 1:])
-                                        if input.ndim else (total,))
+    shape = (total,) if d is None else tuple(input.shape[:d]) + (total,) + tuple(input.shape[d + 1:])
     if output_size is not None and output_size != total:
         raise InvalidParameterError(f"repeat_interleave: output_size {output_size} but the repeats give {total}")
     if not _wants("repeat_interleave", grad_output, shape, needs_input_grad):
         return (None, None)
-    g = grad_output if d is not None and input.ndim else grad_output.reshape(-1)
-    axis = d if d is not None and input.ndim else 0
+    g = grad_output if d is not None else grad_output.reshape(-1)
+    axis = 0 if d is None else d
     if isinstance(reps, int):
         lead = tuple(g.shape[:axis])
         gx = g.reshape(lead + (n, reps) + tuple(g.shape[axis + 1:])).sum(axis + 1)

@@ -230,3 +230,11 @@ def test_bad_input_is_one_clear_error(name, args, params, match):
     g = torch.ones(1, dtype=torch.float64)
     with pytest.raises(InvalidParameterError, match=match):
         rule.backward(g, *args, **params)
+
+
+def test_repeat_interleave_of_a_0d_input_takes_no_dim_as_in_torch():
+    x = torch.tensor(3.0, dtype=torch.float64)
+    with pytest.raises(IndexError):
+        torch.repeat_interleave(x, 2, dim=0)
+    with pytest.raises(InvalidParameterError, match="0-d"):
+        manual.get("repeat_interleave").backward(torch.ones(2, dtype=torch.float64), x, 2, dim=0)
