@@ -19,9 +19,9 @@ More elementwise functions, with their ``torch.Tensor``, ``torch.special`` and `
 ``log1p``, ``expm1``, ``log2``, ``log10``, ``exp2``, ``tan``, ``atan``, ``asin``, ``acos``, ``sinh``,
 ``cosh``, ``asinh``, ``atanh``, ``acosh``, ``erf``, ``erfc``, ``erfinv``, ``sinc``, ``deg2rad``,
 ``rad2deg``, ``ndtr``, ``log_ndtr``, ``logit``, ``nan_to_num``, ``clamp_max``; ``atan2``, ``hypot``,
-``lerp``, ``addcmul``, ``addcdiv``, ``fmod``, ``remainder``, ``xlogy``, ``xlog1py``, ``copysign``,
-``float_power``, ``rsub``.  Their derivatives are written in torch's order of operations, so NaN, inf
-and overflow give torch's values.
+``lerp``, ``addcmul``, ``addcdiv``, ``fmod``, ``remainder``, ``xlogy``, ``xlog1py``, ``logaddexp``,
+``logaddexp2``, ``copysign``, ``float_power``, ``rsub``.  Their derivatives are written in torch's
+order of operations, so NaN, inf and overflow give torch's values.
 Conventions, as torch: ``logit(x, eps)`` has ``g / (x (1 - x))`` on ``[eps, 1 - eps]`` (ends included)
 and 0 outside (NaN outside ``[0, 1]`` without ``eps``); ``nan_to_num`` passes ``g`` where ``x`` is
 finite, 0 where it replaces; ``clamp_max``'s tie ``x == max`` goes to ``x``; ``atan2``'s gradient is 0
@@ -1077,7 +1077,40 @@ _unary("log_ndtr", torch.special.log_ndtr, lambda x: sympy.log((1 + sympy.erf(x 
 # (the far tail, x = -30, where Phi underflows, is compared with torch in test_elementwise_extra.py)
 
 
-# -- copysign, xlog1py, float_power, rsub -------------------------------------------------
+# -- logaddexp, logaddexp2, copysign, xlog1py, float_power, rsub ---------------------------
+
+def _logaddexp_backward(name, base_pow):
+    def backward(grad_output, input, other, *, needs_input_grad):
+        g, a, b = grad_output, input, other
+        ga = _to(g / (1 + base_pow(b - a)), a) if needs_input_grad[0] else None
+        gb = _to(g / (1 + base_pow(a - b)), b) if needs_input_grad[1] else None
+        return ga, gb
+    backward.__name__ = f"{name}_backward"
+    return backward
+
+
+def logaddexp_samples(device, dtype):
+    yield from _tensor_pairs("logaddexp", numbers=False)(device, dtype)
+    big = torch.tensor([30.0, -30.0, 0.0, 700.0], dtype=dtype, device=device) if dtype == torch.float64 else \
+        torch.tensor([30.0, -30.0, 0.0, 80.0], dtype=dtype, device=device)
+    other = torch.tensor([-30.0, 30.0, 0.0, 1.0], dtype=dtype, device=device)
+    yield Sample((big, other), {}, "logaddexp[far apart,equal]")
+
+
+logaddexp_backward = _logaddexp_backward("logaddexp", torch.exp)
+logaddexp_backward.__doc__ = ("y = log(e^a + e^b): dL/da = g / (1 + e^(b - a)) (the softmax weight of a), "
+                              "dL/db = g / (1 + e^(a - b)).")
+register("logaddexp", torch_fn=torch.logaddexp, tensor_args=("input", "other"), samples=logaddexp_samples,
+         symbolic=lambda input, other: _sym(lambda a, b: sympy.log(sympy.exp(a) + sympy.exp(b)), input, other),
+         aliases=_spellings("logaddexp"))(logaddexp_backward)
+
+logaddexp2_backward = _logaddexp_backward("logaddexp2", lambda d: torch.pow(2, d))
+logaddexp2_backward.__doc__ = "y = log2(2^a + 2^b): dL/da = g / (1 + 2^(b - a)), dL/db = g / (1 + 2^(a - b))."
+register("logaddexp2", torch_fn=torch.logaddexp2, tensor_args=("input", "other"),
+         samples=_tensor_pairs("logaddexp2", numbers=False),
+         symbolic=lambda input, other: _sym(lambda a, b: sympy.log(2 ** a + 2 ** b, 2), input, other),
+         aliases=_spellings("logaddexp2"))(logaddexp2_backward)
+
 
 def copysign_samples(device, dtype):
     yield from _tensor_pairs("copysign", numbers=True)(device, dtype)

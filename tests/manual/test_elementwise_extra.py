@@ -81,6 +81,8 @@ SPELLINGS = [
     ("torch.rad2deg", "rad2deg", lambda x, y, w: torch.rad2deg(x)),
     ("special.ndtr", "ndtr", lambda x, y, w: torch.special.ndtr(x)),
     ("special.log_ndtr", "log_ndtr", lambda x, y, w: torch.special.log_ndtr(x)),
+    ("x.logaddexp", "logaddexp", lambda x, y, w: x.logaddexp(y)),
+    ("torch.logaddexp2", "logaddexp2", lambda x, y, w: torch.logaddexp2(x, w)),
     ("x.copysign", "copysign", lambda x, y, w: x.copysign(w - 0.5)),
     ("copysign number", "copysign", lambda x, y, w: torch.copysign(x, -1.0)),
     ("special.xlog1py", "xlog1py", lambda x, y, w: torch.special.xlog1py(x, y)),
