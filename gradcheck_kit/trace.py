@@ -475,6 +475,12 @@ def _overrides() -> dict:
         return {}
 
 
+def _required_tensors(rule) -> tuple:
+    """The rule's tensor arguments its backward requires (no default): every binding must name them."""
+    impl = inspect.signature(rule.backward_impl).parameters
+    return tuple(t for t in rule.tensor_args if t in impl and impl[t].default is inspect.Parameter.empty)
+
+
 def _binders(fn, rule) -> list:
     """Candidate ways to bind calls of ``fn`` to ``rule``, most faithful first (computed once per pair)."""
     key = (fn, rule.name)
@@ -510,6 +516,8 @@ def _binders(fn, rule) -> list:
             ps[0] = ps[0].replace(name=rule.tensor_args[0])
         if not var_kw and any(p.name not in accepted and p.name != "out" for p in ps):
             continue   # names differ from the rule's (Tensor.__getitem__(self, key)): not this one
+        if is_lambda and not all(t in {p.name for p in ps} for t in rule.tensor_args[:1] + _required_tensors(rule)):
+            continue   # a documented overload without one of the rule's tensors (repeat_interleave(input, dim))
         sigs.append(sig.replace(parameters=ps))
     sigs.append(inspect.Signature([p.replace(kind=P.POSITIONAL_OR_KEYWORD, default=P.empty)
                                    for name, p in impl.parameters.items()

@@ -408,3 +408,21 @@ def test_shape_only_arguments_requiring_grad_are_accepted_others_refused():
     with pytest.raises(MissingRuleError, match="weight"):
         with use_rules(strict=True):
             F.cross_entropy(x, torch.softmax(torch.randn(4, 3), 1), weight=w)
+
+
+def test_a_call_the_binder_cannot_read_is_reported_not_raised(monkeypatch):
+    """A binding failure other than BindError (a kit bug, an odd overload) never crashes the user's model:
+    torch runs the call, and strict mode names it with the reason."""
+    from gradcheck_kit import trace
+
+    def broken(*args, **kwargs):
+        raise TypeError("an overload the binder does not know")
+    monkeypatch.setattr(trace, "_bind_with", broken)
+    x = torch.randn(3, requires_grad=True)
+    with use_rules(strict=False) as session:
+        y = torch.sin(x).sum()
+    torch.testing.assert_close(torch.autograd.grad(y, x)[0], torch.cos(x.detach()))
+    assert session.missing and "could not be bound" in session.missing[0].reason
+    with pytest.raises(MissingRuleError, match="could not be bound"):
+        with use_rules(strict=True):
+            torch.sin(x)

@@ -371,6 +371,9 @@ class RuleSession:
         except BindError as e:
             call.bind_error = str(e)
             return NotImplemented
+        except Exception as e:  # noqa: BLE001 - a call the binder cannot read: torch runs it, strict mode names it
+            call.bind_error = f"the call could not be bound to the rule ({type(e).__name__}: {e})"
+            return NotImplemented
         why = uncovered(rc)
         if why:
             call.bind_error = why

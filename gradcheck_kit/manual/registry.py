@@ -289,6 +289,9 @@ def _dotted(fn) -> str:
     found = _NAMES_BY_ID.get(id(fn))
     if found is not None:
         return found
+    owner = getattr(fn, "__self__", None)
+    if type(owner).__name__ == "getset_descriptor" and getattr(fn, "__name__", "") == "__get__":
+        return f"torch.Tensor.{owner.__name__}"   # a property's getter (x.T): named as the property
     name = getattr(fn, "__name__", repr(fn))
     qual = getattr(fn, "__qualname__", name).replace("TensorBase.", "Tensor.")
     return f"{getattr(fn, '__module__', None) or 'torch'}.{qual}"
