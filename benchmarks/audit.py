@@ -117,7 +117,8 @@ def audit_rule(name: str, dtypes, refs, mutations, max_samples=None, no_false_al
                                  outcome="error", error=f"{type(e).__name__}: {e}"))
                 continue
             kinds = ("none",) if no_false_alarm else ("none",) + tuple(mutations)
-            for ref in refs:
+            # a rounding forward (x.float()) is a staircase to float64 differences: autograd only
+            for ref in (r for r in refs if not (rule.rounds and r == "fd")):
                 for kind in kinds:
                     if kind != "none" and mutate(base, kind) is None:
                         continue

@@ -33,9 +33,11 @@ def test_rule_passes_autograd_and_finite_differences(name):
     assert results, f"rule {name!r} has no samples"
     failures = [_describe(r) for r in results if not r.ok]
     assert not failures, "\n".join(failures)
+    rounds = manual.get(name).rounds  # a rounding cast: autograd only (finite differences see a staircase)
     for r in results:
         refs = {x.reference for x in r.report.results}
-        assert refs == {"autograd", "finite-difference"}, refs
+        assert refs == ({"autograd"} if rounds else {"autograd", "finite-difference"}), refs
+        assert rounds == any("autograd only" in n for n in r.report.notes)
 
 
 def test_nonfinite_samples_are_left_out_of_the_sweep():

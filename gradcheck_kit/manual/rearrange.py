@@ -746,6 +746,36 @@ def double_backward(grad_output, input, *, needs_input_grad, memory_format=torch
     return (_cast_back(grad_output, input) if needs_input_grad[0] else None,)
 
 
+def _narrowing_samples(op):
+    def samples(device, dtype):
+        mk = Maker(device, dtype)
+        yield Sample((mk.randn(2, 3),), {}, f"{op}[2d]")
+        yield Sample((mk.randn(),), {}, f"{op}[0d]")
+        yield Sample((mk.randn(0, 3),), {}, f"{op}[empty]")
+        yield Sample((mk.noncontiguous(mk.randn(3, 4)),), {}, f"{op}[noncontig]")
+        yield Sample((mk.randn(2, 2, 1, 2),), {"memory_format": torch.channels_last}, f"{op}[memory_format]")
+    samples.__name__ = f"{op}_samples"
+    return samples
+
+
+def _make_narrowing_cast(op, target):
+    """``x.float()``, ``x.half()``, ``x.bfloat16()``: rounding casts, checked against autograd only
+    (``rounds=True``: float64 finite differences see a staircase); dL/dx = g cast back to x's dtype."""
+    def backward(grad_output, input, *, needs_input_grad, memory_format=torch.preserve_format):
+        check_grad_shape(op, grad_output, tuple(input.shape))
+        return (_cast_back(grad_output, input) if needs_input_grad[0] else None,)
+    backward.__name__ = f"{op}_backward"
+    backward.__doc__ = (f"dL/dx = g cast back to x's dtype: x.{op}() rounds to {target}, and torch takes the "
+                        f"rounding's derivative as 1 (its gradient is the identity, cast back).")
+    return register(op, torch_fn=getattr(torch.Tensor, op), tensor_args=("input",), samples=_narrowing_samples(op),
+                    rounds=True)(backward)
+
+
+float_backward = _make_narrowing_cast("float", torch.float32)
+half_backward = _make_narrowing_cast("half", torch.float16)
+bfloat16_backward = _make_narrowing_cast("bfloat16", torch.bfloat16)
+
+
 def type_as_samples(device, dtype):
     mk = Maker(device, dtype)
     f64 = torch.zeros(1, dtype=torch.float64, device=device)

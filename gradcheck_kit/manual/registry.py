@@ -17,6 +17,9 @@ Contract of a rule (other parts of the kit depend on it):
   listed in ``shape_only``: the rule engine then accepts them requiring grad (torch gives them
   no gradient from this op), where another ``nondifferentiable`` argument requiring grad is
   refused (``cross_entropy``'s ``weight``, which torch differentiates for probability targets).
+* ``rounds=True``: the forward rounds to a coarser dtype (``x.float()`` of a float64 ``x``).
+  Finite differences, which run in float64, see a staircase there, so the sweep and the
+  mutation audit check such a rule against autograd only (and say so).
 * ``rule.samples(device, dtype)`` yields ``Sample(args, kwargs, name)``.
 * ``rule.symbolic(*arrays, **params)`` (optional) is the forward over numpy object
   arrays of sympy expressions, used by ``gradcheck_kit.derive``.
@@ -125,6 +128,7 @@ class Rule:
     aliases: tuple = ()
     sequence_args: frozenset[str] = field(default_factory=frozenset)
     shape_only: frozenset[str] = field(default_factory=frozenset)
+    rounds: bool = False
 
     # -- contract -----------------------------------------------------------
     def forward(self, *args, **params):
@@ -305,7 +309,7 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
              forward: Callable | None = None, symbolic: Callable | None = None,
              nondifferentiable: Iterable[str] = (), differentiable_backward: bool = True,
              keyword_tensors: Sequence[str] = (), save: Callable | None = None, aliases: Sequence[Callable] = (),
-             sequence_args: Sequence[str] = (), shape_only: Sequence[str] = ()):
+             sequence_args: Sequence[str] = (), shape_only: Sequence[str] = (), rounds: bool = False):
     """Decorator registering ``backward`` as the explicit backward of ``torch_fn``.
 
     ::
@@ -340,6 +344,7 @@ def register(name: str, *, torch_fn: Callable, tensor_args: Sequence[str], sampl
             aliases=tuple(aliases),
             sequence_args=frozenset(sequence_args),
             shape_only=frozenset(shape_only),
+            rounds=bool(rounds),
         )
         for fn in (getattr(torch_fn, "mirrors", torch_fn), *aliases):
             if fn in _BY_CALLABLE and _BY_CALLABLE[fn] != name:
