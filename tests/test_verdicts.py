@@ -476,3 +476,27 @@ def test_float32_recheck_unavailable_leaves_the_first_verdict():
     rep = check(loss, {"x": x}, lambda x: {"x": 2 * x * 1.001}, dtype=torch.float32)
     assert not rep.ok and rep.results[0].reference == "autograd", str(rep)
     assert check(loss, {"x": x}, lambda x: {"x": 2 * x}, dtype=torch.float32).ok
+
+
+def test_order_two_fd_sees_float32_arithmetic_inside_a_float64_gradient():
+    # a float32 cotangent times a 0-d float64 tensor stays float32 (0-d operands do not promote): the manual
+    # gradient is float64-typed but moves by float32 rounding steps at the default step; the check retries with
+    # a step that rounding can resolve instead of calling most elements kinks
+    g32 = torch.randn(3, 4, generator=_g(8))
+    x = torch.randn(3, 4, generator=_g(9))
+    b = torch.tensor(0.7)
+
+    def loss(x, b):
+        return (torch.atan2(x, b) * g32).sum()
+
+    def manual(x, b, bug=False):
+        r = 1 / (x * x + b * b)
+        gx = (g32 * b) * r                   # float32 * 0-d: float32, then float64 with r
+        if bug:
+            gx = (g32 * b.detach()) * r      # d/db of dL/dx lost
+        return {"x": gx, "b": (g32 * -x * r).sum()}
+    rep = check(loss, {"x": x, "b": b}, manual, reference="fd", double_backward=True)
+    assert rep.ok, str(rep)
+    assert "rounding steps" in _by(rep, "x", order=2).note
+    bad = check(loss, {"x": x, "b": b}, lambda **kw: manual(**kw, bug=True), reference="fd", double_backward=True)
+    assert not _by(bad, "b", order=2).ok, str(bad)
