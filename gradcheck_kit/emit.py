@@ -214,6 +214,8 @@ _SIGS: dict[str, tuple] = {
     "pow": ("input", "exponent"),
     "neg": ("input",), "abs": ("input",), "log": ("input",), "exp": ("input",), "sqrt": ("input",),
     "sin": ("input",), "cos": ("input",), "tanh": ("input",), "sigmoid": ("input",),
+    "reciprocal": ("input",), "rsqrt": ("input",), "square": ("input",), "log1p": ("input",), "expm1": ("input",),
+    "tan": ("input",), "atan": ("input",), "sinh": ("input",), "cosh": ("input",), "erf": ("input",),
     "relu": ("input", ("inplace", False)),
     "sum": ("input", ("dim", None), ("keepdim", False), ("dtype", None)),
     "mean": ("input", ("dim", None), ("keepdim", False), ("dtype", None)),
@@ -237,7 +239,7 @@ _REVERSED = {"__radd__": "add", "__rsub__": "sub", "__rmul__": "mul", "__rtruedi
 _DUNDER = {"__add__": "add", "__sub__": "sub", "__mul__": "mul", "__truediv__": "div", "__div__": "div",
            "__matmul__": "matmul", "__pow__": "pow", "__neg__": "neg", "__getitem__": "getitem",
            "true_divide": "div", "negative": "neg", "subtract": "sub", "multiply": "mul", "divide": "div",
-           "absolute": "abs", "flatten": "flatten", "squeeze": "squeeze", "unsqueeze": "unsqueeze"}
+           "absolute": "abs", "arctan": "atan", "flatten": "flatten", "squeeze": "squeeze", "unsqueeze": "unsqueeze"}
 
 
 def _canonical(func) -> tuple[str | None, bool]:
@@ -955,6 +957,7 @@ def _bw_max_pool(b, n, g):
 
 
 _ELEMENTWISE = ("input", "other")
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
 _OPS: dict[str, _Op] = {
     "add": _Op(_fw_infix("+"), _bw_add(1), _ELEMENTWISE),
     "sub": _Op(_fw_infix("-"), _bw_add(-1), _ELEMENTWISE),
@@ -974,6 +977,19 @@ _OPS: dict[str, _Op] = {
     "sigmoid": _Op(_fw_call("torch.sigmoid"), _unary(lambda y: f"{y} * (1 - {y})", "sigmoid' = s (1 - s)",
                                                      use_out=True), activation=True),
     "relu": _Op(_fw_call("F.relu"), _bw_relu, activation=True),
+    "reciprocal": _Op(_fw_method("reciprocal"), _unary(lambda y: f"-{y} * {y}", "d(1/x)/dx = -1/x^2 = -y^2",
+                                                       use_out=True)),
+    "rsqrt": _Op(_fw_method("rsqrt"), _unary(lambda y: f"-0.5 * {y}.pow(3)", "d x^(-1/2)/dx = -x^(-3/2) / 2 = -y^3 / 2",
+                                             use_out=True)),
+    "square": _Op(_fw_method("square"), _unary(lambda x: f"2 * {x}", "d x^2/dx = 2 x")),
+    "log1p": _Op(_fw_method("log1p"), _unary(lambda x: f"1 / ({x} + 1)", "d log(1 + x)/dx = 1 / (1 + x)")),
+    "expm1": _Op(_fw_method("expm1"), _unary(lambda y: f"{y} + 1", "d(exp x - 1)/dx = exp x = y + 1", use_out=True)),
+    "tan": _Op(_fw_method("tan"), _unary(lambda y: f"1 + {y} * {y}", "d tan x/dx = 1 + tan^2 x", use_out=True)),
+    "atan": _Op(_fw_method("atan"), _unary(lambda x: f"1 / (1 + {x} * {x})", "d atan x/dx = 1 / (1 + x^2)")),
+    "sinh": _Op(_fw_method("sinh"), _unary(lambda x: f"{x}.cosh()", "d sinh x/dx = cosh x")),
+    "cosh": _Op(_fw_method("cosh"), _unary(lambda x: f"{x}.sinh()", "d cosh x/dx = sinh x")),
+    "erf": _Op(_fw_method("erf"), _unary(lambda x: f"{_TWO_OVER_SQRT_PI!r} * (-{x} * {x}).exp()",
+                                         f"d erf x/dx = 2/sqrt(pi) exp(-x^2), 2/sqrt(pi) = {_TWO_OVER_SQRT_PI!r}")),
     "sum": _Op(_fw_method("sum", "dim", "keepdim"), _bw_reduce(False)),
     "mean": _Op(_fw_method("mean", "dim", "keepdim"), _bw_reduce(True)),
     "norm": _Op(_fw_method("norm"), _bw_norm, check=_check_norm),

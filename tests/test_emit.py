@@ -68,6 +68,11 @@ SAMPLES = [
     ("rsub,pow3,sqrt,abs,log", lambda a: (1 - a).pow(3).sum() + (a.abs() + 1).sqrt().log().sum(), dict(a=(5,))),
     ("flatten/unsqueeze/mean", lambda x: x.flatten(1).unsqueeze(0).squeeze(0).pow(2).mean(dim=1).sum()
      + x.mean(dim=(0, 2), keepdim=True).pow(2).sum(), dict(x=(2, 3, 4))),
+    # the elementwise family: each derivative written from the input or (use_out) from the output
+    ("rsqrt,reciprocal,log1p,square,expm1", lambda x: (x.abs() + 1).rsqrt().reciprocal().log1p().square().sum()
+     + (x.expm1() * x).sum(), dict(x=(2, 3))),
+    ("tan,atan,sinh,cosh,erf", lambda x: ((0.5 * x).tan().sinh() + torch.arctan(x).pow(2) + torch.erf(x).cosh()).sum()
+     + (x.erf() * x.atan()).sum(), dict(x=(2, 3))),
     ("constant made inside", lambda x: (x * torch.linspace(0, 1, x.numel(), dtype=x.dtype).view_as(x)).sum(),
      dict(x=(2, 3))),
 ]
@@ -140,7 +145,8 @@ def test_every_template_is_exercised_or_listed():
     covered = {"add", "sub", "mul", "div", "pow", "neg", "abs", "log", "exp", "sqrt", "sin", "tanh", "sigmoid",
                "relu", "sum", "mean", "norm", "matmul", "bmm", "dot", "linear", "view", "reshape", "flatten",
                "squeeze", "unsqueeze", "expand", "permute", "t", "getitem", "conv1d", "conv2d", "conv3d", "unfold",
-               "max_pool2d"}
+               "max_pool2d", "reciprocal", "rsqrt", "square", "log1p", "expm1", "tan", "atan", "sinh", "cosh",
+               "erf"}
     # cos, mm, outer and transpose are one-line twins of sin, matmul and t: exercised here directly
     extra = [(lambda a, b: (torch.mm(a, b).cos().sum() + torch.outer(a[0], b[:, 0]).pow(2).sum()
                             + a.transpose(0, 1).pow(2).sum()), dict(a=(3, 4), b=(4, 2)))]
