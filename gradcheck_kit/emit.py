@@ -193,6 +193,8 @@ def _flat(xs) -> list:
 
 def _pretty(func) -> str:
     name = getattr(func, "__name__", repr(func))
+    if name == "__get__" and hasattr(getattr(func, "__self__", None), "__name__"):
+        return f"Tensor.{func.__self__.__name__}"     # a property: x.H arrives as its getter
     qual = getattr(func, "__qualname__", name)
     if qual.startswith(("TensorBase.", "Tensor.")):
         return f"Tensor.{name}"
@@ -220,7 +222,9 @@ _SIGS: dict[str, tuple] = {
     "sum": ("input", ("dim", None), ("keepdim", False), ("dtype", None)),
     "mean": ("input", ("dim", None), ("keepdim", False), ("dtype", None)),
     "norm": ("input", ("p", "fro"), ("dim", None), ("keepdim", False), ("out", None), ("dtype", None)),
-    "t": ("input",), "transpose": ("input", "dim0", "dim1"),
+    "t": ("input",), "transpose": ("input", "dim0", "dim1"), "T": ("input",), "mT": ("input",),
+    "clone": ("input", ("memory_format", torch.preserve_format)),
+    "flip": ("input", "dims"), "repeat": ("input", "repeats"), "roll": ("input", "shifts", ("dims", None)),
     "getitem": ("input", "index"),
     "conv1d": ("input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     "conv2d": ("input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
@@ -233,6 +237,8 @@ _SIGS: dict[str, tuple] = {
                    ("ceil_mode", False), ("return_indices", False)),
 }
 _SHAPE_OPS = {"view", "reshape", "expand", "permute"}      # f(input, *sizes): sizes as one tuple
+_VARARGS = {"flip": "dims", "repeat": "repeats"}   # x.flip(0, 1) == x.flip((0, 1)): one tuple parameter
+_PROPERTIES = {"T", "mT"}                          # x.T arrives as the getter of the property Tensor.T
 _SHAPE_LIKE = {"view_as": "view", "reshape_as": "reshape", "expand_as": "expand"}
 _REVERSED = {"__radd__": "add", "__rsub__": "sub", "__rmul__": "mul", "__rtruediv__": "div",
              "__rdiv__": "div", "__rmatmul__": "matmul", "__rpow__": "pow"}
@@ -245,7 +251,10 @@ _DUNDER = {"__add__": "add", "__sub__": "sub", "__mul__": "mul", "__truediv__": 
 def _canonical(func) -> tuple[str | None, bool]:
     """(op name, operands reversed) of a torch callable: ``x.__rmul__(0.5)`` is ("mul", True)."""
     name = getattr(func, "__name__", None)
-    if not name or name == "__get__":          # x.T, x.mT and other properties
+    if name == "__get__":                      # x.T, x.mT and other properties: the getter's descriptor
+        prop = getattr(getattr(func, "__self__", None), "__name__", None)
+        return (prop, False) if prop in _PROPERTIES else (None, False)
+    if not name:
         return None, False
     if name in _REVERSED:
         return _REVERSED[name], True
@@ -262,6 +271,8 @@ def _bind(func, args, kwargs, where) -> tuple[str, dict]:
                                    f"(gradcheck_kit.emit.supported_ops() lists the {len(_OPS)} ops that have one)")
     if reversed_:   # y = 0.5 * x arrives as x.__rmul__(0.5): other (op) self
         return _bind_sig(op, (args[1], args[0]), {}, where)
+    if op in _VARARGS and len(args) > 1 and not isinstance(args[1], (tuple, list, torch.Size)):
+        return _bind_sig(op, (args[0], tuple(args[1:])), kwargs, where)
     if op in _SHAPE_OPS:
         rest = args[1:]
         sizes = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)) else rest
@@ -646,6 +657,85 @@ def _bw_permute(b, n, g):
     return {"input": (f"{_atom(g)}.permute({', '.join(map(str, inv))})", "the inverse permutation")}
 
 
+def _bw_identity(comment):
+    """A copy (clone): dL/dx = g."""
+    def bw(b, n, g):
+        if not b.wants(n, "input"):
+            return {}
+        return {"input": (g, comment)}
+    return bw
+
+
+def _bw_property_t(prop):
+    """x.T reverses every axis, x.mT swaps the last two: each is its own inverse, so dL/dx = g.T (g.mT)."""
+    def bw(b, n, g):
+        if isinstance(g, _Const):
+            return {"input": (g, "transpose")}
+        return {"input": (f"{_atom(g)}.{prop}", "transpose back" if prop == "mT" else "reverse the axes back")}
+    return bw
+
+
+def _norm_dims(dims) -> tuple:
+    return tuple(dims) if isinstance(dims, (tuple, list, torch.Size)) else (dims,)
+
+
+def _fw_flip(w, n):
+    return f"{_atom(w.arg(n, 'input'))}.flip({', '.join(map(str, _norm_dims(n.params['dims'])))})"
+
+
+def _bw_flip(b, n, g):
+    """y[i] = x[L-1-i] along dims: the adjoint flips the same dims back (flip is its own inverse)."""
+    if isinstance(g, _Const):
+        return {"input": (g, "flip")}
+    return {"input": (f"{_atom(g)}.flip({', '.join(map(str, _norm_dims(n.params['dims'])))})",
+                      "flip back: a flip is its own inverse")}
+
+
+def _fw_roll(w, n):
+    dims = n.params["dims"]
+    return f"{_atom(w.arg(n, 'input'))}.roll({w.lit(n.params['shifts'])}" + (")" if dims is None else
+                                                                          f", {w.lit(dims)})")
+
+
+def _bw_roll(b, n, g):
+    """y[i] = x[i - s] (cyclically, along dims; the flattened tensor when dims is None): dL/dx = g rolled by -s."""
+    if isinstance(g, _Const):
+        return {"input": (g, "roll")}
+    shifts, dims = n.params["shifts"], n.params["dims"]
+    back = tuple(-s for s in shifts) if isinstance(shifts, (tuple, list)) else -shifts
+    src = f"{_atom(g)}.roll({_tup(back) if isinstance(back, tuple) else back}"
+    return {"input": (src + (")" if dims is None else f", {_tup(dims) if isinstance(dims, (tuple, list)) else dims})"),
+                      "roll back by the opposite shifts")}
+
+
+def _fw_repeat(w, n):
+    return f"{_atom(w.arg(n, 'input'))}.repeat({', '.join(map(str, _norm_dims(n.params['repeats'])))})"
+
+
+def _bw_repeat(b, n, g):
+    """y = x tiled r_i times along axis i (new leading axes for extra repeats): dL/dx sums the tiles,
+    g viewed as (r_i, s_i) per axis and summed over each r_i."""
+    x = n.params["input"]
+    reps = _norm_dims(n.params["repeats"])
+    lead = len(reps) - len(x.shape)
+    if isinstance(g, _Const):
+        return {"input": (_Const(g.c * math.prod(reps)), f"each element is copied {math.prod(reps)} times")}
+    split, axes = [], []
+    for i, r in enumerate(reps):
+        if r != 1:
+            axes.append(len(split))
+            split.append(r)
+        if i >= lead:
+            split.append(x.shape[i - lead])
+    if not axes:
+        if tuple(n.out.shape) == tuple(x.shape):
+            return {"input": (g, "repeat(1, ...) copies once")}
+        return {"input": (f"{_atom(g)}.reshape({', '.join(map(str, x.shape))})" if x.shape
+                          else f"{_atom(g)}.reshape(())", "repeat(1, ...) only adds size-1 axes")}
+    return {"input": (f"{_atom(g)}.reshape({', '.join(map(str, split))}).sum(dim={axes[0] if len(axes) == 1 else _tup(axes)})",
+                      "the tiles' cotangents summed: g as (repeats, size) per axis, summed over the repeats")}
+
+
 def _index_parts(index, shape, where):
     """Per input axis of a basic index: ("slice", start, stop) or ("int", i); None adds an axis."""
     items = list(index) if isinstance(index, tuple) else [index]
@@ -1009,6 +1099,12 @@ _OPS: dict[str, _Op] = {
     "t": _Op(lambda w, n: f"{_atom(w.arg(n, 'input'))}.t()", _bw_t),
     "transpose": _Op(lambda w, n: f"{_atom(w.arg(n, 'input'))}.transpose({n.params['dim0']}, {n.params['dim1']})",
                      _bw_transpose),
+    "T": _Op(lambda w, n: f"{_atom(w.arg(n, 'input'))}.T", _bw_property_t("T")),
+    "mT": _Op(lambda w, n: f"{_atom(w.arg(n, 'input'))}.mT", _bw_property_t("mT")),
+    "clone": _Op(_fw_method("clone", "memory_format"), _bw_identity("a copy: d clone(x)/dx = 1")),
+    "flip": _Op(_fw_flip, _bw_flip),
+    "roll": _Op(_fw_roll, _bw_roll),
+    "repeat": _Op(_fw_repeat, _bw_repeat),
     "getitem": _Op(_fw_getitem, _bw_getitem, check=_check_getitem),
     "conv1d": _Op(_fw_call("F.conv1d", ("input", "weight", "bias"), ("stride", "padding", "dilation", "groups")),
                   _bw_conv, ("input", "weight", "bias"), check=_check_conv),

@@ -73,6 +73,12 @@ SAMPLES = [
      + (x.expm1() * x).sum(), dict(x=(2, 3))),
     ("tan,atan,sinh,cosh,erf", lambda x: ((0.5 * x).tan().sinh() + torch.arctan(x).pow(2) + torch.erf(x).cosh()).sum()
      + (x.erf() * x.atan()).sum(), dict(x=(2, 3))),
+    # rearrangements: the adjoint undoes each (flip, roll by -s, .T/.mT) or sums the copies (repeat)
+    ("clone,flip,roll,T,mT", lambda x, y: (x.T.clone() * y.mT[0]).sum() + x.flip(0, 1).roll(1, 0).pow(2).sum()
+     + torch.flip(x, dims=(1,)).roll((1, -2), (0, 1)).sin().sum() + torch.roll(x, 2).pow(3).sum()
+     + (y.mT @ y).pow(2).sum() + torch.clone(y).roll(-1, dims=2).exp().sum(), dict(x=(2, 3), y=(2, 2, 3))),
+    ("repeat", lambda x, y: x.repeat(2, 1, 3).pow(2).sum() + x.repeat((1, 1)).exp().sum()
+     + (y.repeat(1, 2, 1) * y.repeat(1, 2, 1).tanh()).sum(), dict(x=(2, 3), y=(2, 2, 3))),
     ("constant made inside", lambda x: (x * torch.linspace(0, 1, x.numel(), dtype=x.dtype).view_as(x)).sum(),
      dict(x=(2, 3))),
 ]
@@ -146,7 +152,7 @@ def test_every_template_is_exercised_or_listed():
                "relu", "sum", "mean", "norm", "matmul", "bmm", "dot", "linear", "view", "reshape", "flatten",
                "squeeze", "unsqueeze", "expand", "permute", "t", "getitem", "conv1d", "conv2d", "conv3d", "unfold",
                "max_pool2d", "reciprocal", "rsqrt", "square", "log1p", "expm1", "tan", "atan", "sinh", "cosh",
-               "erf"}
+               "erf", "clone", "flip", "roll", "T", "mT", "repeat"}
     # cos, mm, outer and transpose are one-line twins of sin, matmul and t: exercised here directly
     extra = [(lambda a, b: (torch.mm(a, b).cos().sum() + torch.outer(a[0], b[:, 0]).pow(2).sum()
                             + a.transpose(0, 1).pow(2).sum()), dict(a=(3, 4), b=(4, 2)))]
@@ -333,6 +339,7 @@ def _setitem_constant(x):
 
 @pytest.mark.parametrize("loss,pattern", [
     (lambda x: F.softmax(x, 0).pow(2).sum(), r"test_emit\.py:\d+: F\.softmax has no emission template"),
+    (lambda x: x.view(2, 2).mH.sum(), r"test_emit\.py:\d+: Tensor\.mH has no emission template"),
     (lambda x: F.relu(x * 1, inplace=True).sum(), r"test_emit\.py:\d+: relu writes in place"),
     (lambda x: (x - _no_grad_mean(x)).sum(), r"test_emit\.py:\d+: mean runs with gradients disabled"),
     (_setitem_constant, r"test_emit\.py:\d+: \S+ writes into a tensor in place"),
