@@ -213,6 +213,7 @@ _SIGS: dict[str, tuple] = {
     "mul": ("input", "other"), "div": ("input", "other", ("rounding_mode", None)),
     "matmul": ("input", "other"), "mm": ("input", "mat2"), "bmm": ("input", "mat2"),
     "dot": ("input", "other"), "outer": ("input", "vec2"),
+    "addmm": ("input", "mat1", "mat2", ("beta", 1), ("alpha", 1)),
     "pow": ("input", "exponent"),
     "neg": ("input",), "abs": ("input",), "log": ("input",), "exp": ("input",), "sqrt": ("input",),
     "sin": ("input",), "cos": ("input",), "tanh": ("input",), "sigmoid": ("input",),
@@ -598,6 +599,26 @@ def _bw_outer(b, n, g):
         out["input"] = (f"{_atom(gn)} @ {b.name(c)}", "d(a b^T)/da = g b")
     if b.wants(n, "vec2"):
         out["vec2"] = (f"{_atom(gn)}.t() @ {b.name(a)}", "d(a b^T)/db = g^T a")
+    return out
+
+
+def _bw_addmm(b, n, g):
+    """y = beta c + alpha A B (c broadcast to [n, p]): dL/dc = beta g, summed over the broadcast axes,
+    dL/dA = alpha g B^T, dL/dB = alpha A^T g."""
+    c, A, B = n.params["input"], n.params["mat1"], n.params["mat2"]
+    beta, alpha = n.params["beta"], n.params["alpha"]
+    out = {}
+    if b.wants(n, "input"):
+        out["input"] = (b.unbroadcast(b.times(g, None, beta), n.out.shape, c.shape),
+                        "d(beta c + alpha A B)/dc = beta" + (f" = {_num(beta)}" if beta != 1 else ""))
+    if b.wants(n, "mat1") or b.wants(n, "mat2"):
+        gn = b.tensor(g, n.out)
+        ga = _atom(gn) if alpha == 1 else f"({_num(alpha)} * {_atom(gn)})"
+        if b.wants(n, "mat1"):
+            out["mat1"] = (f"{ga} @ {b.name(B)}.t()", "d(alpha A B)/dA = alpha g B^T")
+        if b.wants(n, "mat2"):
+            out["mat2"] = (f"{b.name(A)}.t() @ {ga}",
+                           "d(alpha A B)/dB = alpha A^T g")
     return out
 
 
@@ -1088,6 +1109,8 @@ _OPS: dict[str, _Op] = {
     "bmm": _Op(_fw_call("torch.bmm", ("input", "mat2")), _bw_matmul, ("input", "mat2")),
     "dot": _Op(_fw_call("torch.dot", ("input", "other")), _bw_matmul, _ELEMENTWISE),
     "outer": _Op(_fw_call("torch.outer", ("input", "vec2")), _bw_outer, ("input", "vec2")),
+    "addmm": _Op(_fw_call("torch.addmm", ("input", "mat1", "mat2"), ("beta", "alpha")), _bw_addmm,
+                 ("input", "mat1", "mat2")),
     "linear": _Op(_fw_call("F.linear", ("input", "weight", "bias")), _bw_linear, ("input", "weight", "bias")),
     "view": _Op(_fw_shape("view"), _bw_reshape),
     "reshape": _Op(_fw_shape("reshape"), _bw_reshape),
