@@ -700,15 +700,21 @@ def _norm_dims(dims) -> tuple:
     return tuple(dims) if isinstance(dims, (tuple, list, torch.Size)) else (dims,)
 
 
+def _varargs_src(seq) -> str:
+    """x.flip(0, 1): the sizes as arguments; none as one empty tuple (x.flip(()), x.repeat(()))."""
+    seq = _norm_dims(seq)
+    return ", ".join(map(str, seq)) if seq else "()"
+
+
 def _fw_flip(w, n):
-    return f"{_atom(w.arg(n, 'input'))}.flip({', '.join(map(str, _norm_dims(n.params['dims'])))})"
+    return f"{_atom(w.arg(n, 'input'))}.flip({_varargs_src(n.params['dims'])})"
 
 
 def _bw_flip(b, n, g):
     """y[i] = x[L-1-i] along dims: the adjoint flips the same dims back (flip is its own inverse)."""
     if isinstance(g, _Const):
         return {"input": (g, "flip")}
-    return {"input": (f"{_atom(g)}.flip({', '.join(map(str, _norm_dims(n.params['dims'])))})",
+    return {"input": (f"{_atom(g)}.flip({_varargs_src(n.params['dims'])})",
                       "flip back: a flip is its own inverse")}
 
 
@@ -730,7 +736,7 @@ def _bw_roll(b, n, g):
 
 
 def _fw_repeat(w, n):
-    return f"{_atom(w.arg(n, 'input'))}.repeat({', '.join(map(str, _norm_dims(n.params['repeats'])))})"
+    return f"{_atom(w.arg(n, 'input'))}.repeat({_varargs_src(n.params['repeats'])})"
 
 
 def _bw_repeat(b, n, g):
@@ -753,8 +759,10 @@ def _bw_repeat(b, n, g):
             return {"input": (g, "repeat(1, ...) copies once")}
         return {"input": (f"{_atom(g)}.reshape({', '.join(map(str, x.shape))})" if x.shape
                           else f"{_atom(g)}.reshape(())", "repeat(1, ...) only adds size-1 axes")}
-    return {"input": (f"{_atom(g)}.reshape({', '.join(map(str, split))}).sum(dim={axes[0] if len(axes) == 1 else _tup(axes)})",
-                      "the tiles' cotangents summed: g as (repeats, size) per axis, summed over the repeats")}
+    dim = axes[0] if len(axes) == 1 else _tup(axes)
+    split_g = g if tuple(split) == tuple(n.out.shape) else f"{_atom(g)}.reshape({', '.join(map(str, split))})"
+    return {"input": (f"{_atom(split_g)}.sum(dim={dim})",
+                      "the copies' cotangents summed: g split as (repeats, size) per axis")}
 
 
 def _index_parts(index, shape, where):

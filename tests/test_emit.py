@@ -27,7 +27,7 @@ SEED002 = ("strided_conv_loss", "conv_then_strided_loss", "conv_relu_conv")
 
 
 def _r(*shape):
-    return torch.randn(*shape, dtype=torch.float64)
+    return torch.randn(shape, dtype=torch.float64)        # shape () too: a 0-d input
 
 
 # -- samples: (name, loss, input shapes); one generic test consumes them all ----------------------
@@ -79,6 +79,8 @@ SAMPLES = [
      + (y.mT @ y).pow(2).sum() + torch.clone(y).roll(-1, dims=2).exp().sum(), dict(x=(2, 3), y=(2, 2, 3))),
     ("repeat", lambda x, y: x.repeat(2, 1, 3).pow(2).sum() + x.repeat((1, 1)).exp().sum()
      + (y.repeat(1, 2, 1) * y.repeat(1, 2, 1).tanh()).sum(), dict(x=(2, 3), y=(2, 2, 3))),
+    ("0-d: flip(()),roll,repeat(()),repeat(3)", lambda x: x.clone().flip(()).roll(1).repeat(3).pow(2).sum()
+     + x.repeat(2, 2).pow(2).sum() + x.repeat(()).exp(), dict(x=())),
     ("addmm[bias row,column;beta,alpha]", lambda c, A, B, C: torch.addmm(c, A, B).tanh().sum()
      + torch.addmm(C, A, B, beta=0.5, alpha=-2).pow(2).sum() + C.addmm(A, B).sum() + torch.outer(c, c).sin().sum(),
      dict(c=(4,), A=(3, 2), B=(2, 4), C=(3, 1))),
