@@ -610,15 +610,17 @@ def _bw_addmm(b, n, g):
     out = {}
     if b.wants(n, "input"):
         out["input"] = (b.unbroadcast(b.times(g, None, beta), n.out.shape, c.shape),
-                        "d(beta c + alpha A B)/dc = beta" + (f" = {_num(beta)}" if beta != 1 else ""))
+                        (f"d(beta c + alpha A B)/dc = beta = {_num(beta)}" if beta != 1 else "d(c + A B)/dc = 1")
+                        + (", summed over the broadcast axes" if tuple(c.shape) != tuple(n.out.shape) else ""))
     if b.wants(n, "mat1") or b.wants(n, "mat2"):
         gn = b.tensor(g, n.out)
         ga = _atom(gn) if alpha == 1 else f"({_num(alpha)} * {_atom(gn)})"
         if b.wants(n, "mat1"):
-            out["mat1"] = (f"{ga} @ {b.name(B)}.t()", "d(alpha A B)/dA = alpha g B^T")
+            out["mat1"] = (f"{ga} @ {b.name(B)}.t()",
+                           "d(A B)/dA = g B^T" if alpha == 1 else f"d(alpha A B)/dA = alpha g B^T ({_num(alpha)})")
         if b.wants(n, "mat2"):
             out["mat2"] = (f"{b.name(A)}.t() @ {ga}",
-                           "d(alpha A B)/dB = alpha A^T g")
+                           "d(A B)/dB = A^T g" if alpha == 1 else f"d(alpha A B)/dB = alpha A^T g ({_num(alpha)})")
     return out
 
 
@@ -1108,7 +1110,7 @@ _OPS: dict[str, _Op] = {
     "sinh": _Op(_fw_method("sinh"), _unary(lambda x: f"{x}.cosh()", "d sinh x/dx = cosh x")),
     "cosh": _Op(_fw_method("cosh"), _unary(lambda x: f"{x}.sinh()", "d cosh x/dx = sinh x")),
     "erf": _Op(_fw_method("erf"), _unary(lambda x: f"{_TWO_OVER_SQRT_PI!r} * (-{x} * {x}).exp()",
-                                         f"d erf x/dx = 2/sqrt(pi) exp(-x^2), 2/sqrt(pi) = {_TWO_OVER_SQRT_PI!r}")),
+                                         "d erf x/dx = 2/sqrt(pi) exp(-x^2)")),
     "sum": _Op(_fw_method("sum", "dim", "keepdim"), _bw_reduce(False)),
     "mean": _Op(_fw_method("mean", "dim", "keepdim"), _bw_reduce(True)),
     "norm": _Op(_fw_method("norm"), _bw_norm, check=_check_norm),
