@@ -436,7 +436,7 @@ def _bw_mul(b, n, g):
             if isinstance(other, _Value):
                 gg = b.tensor(g, n.out) if n.params[p].shape != n.out.shape or other.shape != n.out.shape else g
                 out[p] = (b.unbroadcast(b.times(gg, b.name(other)), n.out.shape, n.params[p].shape),
-                          "d(a b)/da = b")
+                          "d(a b)/da = b" if p == "input" else "d(a b)/db = a")
             else:
                 out[p] = (b.times(g, None, other), f"d({_num(other)} a)/da = {_num(other)}")
     return out

@@ -416,3 +416,10 @@ if __name__ == "__main__":   # regenerate cases/emitted/
     for stem in SEED002:
         (EMITTED / f"{stem}.py").write_text(emitted_source(stem))
         print(f"wrote {EMITTED.relative_to(ROOT) / (stem + '.py')}")
+
+
+def test_product_comments_name_each_factors_own_derivative():
+    a, b = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    src = backward_source(lambda a, b: a * b, {"a": a, "b": b})
+    lines = {ln.split("=")[0].strip(): ln for ln in src.splitlines() if ln.strip().startswith(("g_a =", "g_b ="))}
+    assert "d(a b)/da = b" in lines["g_a"] and "d(a b)/db = a" in lines["g_b"], src
