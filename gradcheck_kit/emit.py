@@ -1307,7 +1307,10 @@ class _Backward:
         """A tensor expression for cotangent ``g`` of ``v`` (a constant becomes full_like)."""
         if not isinstance(g, _Const):
             return g
-        name = self.w.fresh(f"g_{v.name}")
+        cache = self.__dict__.setdefault("_const_tensors", {})   # one full_like per (value, cotangent)
+        if (g.c, v.name) in cache:
+            return cache[(g.c, v.name)]
+        name = cache[(g.c, v.name)] = self.w.fresh(f"g_{v.name}")
         self.w.numel[name] = math.prod(v.shape)
         self.line(f"{name} = torch.{'ones_like' if g.c == 1 else 'full_like'}({v.name}"
                   f"{'' if g.c == 1 else ', ' + _num(g.c)})", f"the cotangent of {v.name} is {_num(g.c)} everywhere")

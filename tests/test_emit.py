@@ -423,3 +423,9 @@ def test_product_comments_name_each_factors_own_derivative():
     src = backward_source(lambda a, b: a * b, {"a": a, "b": b})
     lines = {ln.split("=")[0].strip(): ln for ln in src.splitlines() if ln.strip().startswith(("g_a =", "g_b ="))}
     assert "d(a b)/da = b" in lines["g_a"] and "d(a b)/db = a" in lines["g_b"], src
+
+
+def test_a_constant_cotangent_is_materialised_once():
+    a, b = torch.randn(3, 1, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
+    src = backward_source(lambda a, b: a * b, {"a": a, "b": b})
+    assert src.count("torch.ones_like(") == 1, src
