@@ -154,7 +154,13 @@ def rule_variants(rule_name: str, args: tuple, kwargs: dict, device: str, seed: 
     mask = rule.differentiable_mask(args)
     gen = torch.Generator().manual_seed(seed)
     out = rule.torch_fn(*args, **kwargs)
-    g = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=out.dtype)
+    multi = isinstance(out, tuple)  # topk, sort: (values, indices); the indices get no cotangent
+
+    def cotangent(o):
+        if not o.is_floating_point():
+            return None
+        return torch.randn(o.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=o.dtype)
+    g = tuple(cotangent(o) for o in out) if multi else cotangent(out)
     leaves = tuple(a.detach().requires_grad_() if m else a for a, m in zip(args, mask))
     wanted = [a for a, m in zip(leaves, mask) if m]
 
@@ -164,6 +170,9 @@ def rule_variants(rule_name: str, args: tuple, kwargs: dict, device: str, seed: 
 
     def auto():
         o = rule.torch_fn(*leaves, **kwargs)
+        if multi:
+            pairs = [(oi, gi) for oi, gi in zip(o, g) if gi is not None]
+            return o, torch.autograd.grad([p[0] for p in pairs], wanted, [p[1] for p in pairs])
         return o, torch.autograd.grad(o, wanted, g)
 
     return man, auto
@@ -291,7 +300,29 @@ def group_other_rules(ctx: Ctx) -> list[Row]:
         return (x, None, None, _randn(64, device=d, seed=1), _randn(64, device=d, seed=2)), {"training": True}
 
     rows.append(_rule_row("rules", f"batch_norm (training) N={n} C=64 56x56", "batch_norm", bn, ctx))
+    rows += _new_rule_rows(ctx, n)
     return rows
+
+
+def _new_rule_rows(ctx: Ctx, n: int) -> list[Row]:
+    """The rules that real models call most among those added in the second wave's third session."""
+    d = ctx.device
+    m = 64 if ctx.quick else 1024
+    act = lambda: _randn(n, 64, 56, 56, device=d)   # noqa: E731 - an activation-sized tensor
+    return [
+        _rule_row("rules", f"addmm bias + ({m}x512) @ (512x512)", "addmm",
+                  lambda: ((_randn(512, device=d, seed=1), _randn(m, 512, device=d), _randn(512, 512, device=d, seed=2)),
+                           {}), ctx),
+        _rule_row("rules", f"rsqrt N={n} C=64 56x56", "rsqrt", lambda: ((act().abs() + 0.1,), {}), ctx),
+        _rule_row("rules", f"flip dims (2, 3) N={n} C=64 56x56", "flip", lambda: ((act(),), {"dims": (2, 3)}), ctx),
+        _rule_row("rules", f"roll shifts (1, -2) N={n} C=64 56x56", "roll",
+                  lambda: ((act(),), {"shifts": (1, -2), "dims": (2, 3)}), ctx),
+        _rule_row("rules", f"linalg.vector_norm dim=-1 ({m * 4}x512)", "vector_norm",
+                  lambda: ((_randn(m * 4, 512, device=d),), {"dim": -1}), ctx),
+        _rule_row("rules", f"prod dim=1 ({m * 4}x16)", "prod",
+                  lambda: ((_randn(m * 4, 16, device=d).abs() + 0.5,), {"dim": 1}), ctx),
+        _rule_row("rules", f"topk k=5 ({m * 4}x1000)", "topk", lambda: ((_randn(m * 4, 1000, device=d),), {"k": 5}), ctx),
+    ]
 
 
 # ---------------------------------------------------------------------------------

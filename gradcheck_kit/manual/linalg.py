@@ -824,14 +824,21 @@ def topk_samples(device, dtype):
     yield Sample((mk.channels_last(mk.randn(2, 3, 2, 2)),), {"k": 2, "dim": 1}, "topk[channels_last]")
 
 
-@register("topk", torch_fn=torch.topk, tensor_args=("input",), samples=topk_samples, aliases=(torch.Tensor.topk,))
+def _topk_save(input, k, dim=-1, largest=True, sorted=True):
+    """The forward and its indices (integers, no history): the backward then scatters without a second topk."""
+    out = torch.topk(input, k, dim, largest, sorted)
+    return out, {"indices": out.indices}
+
+
+@register("topk", torch_fn=torch.topk, tensor_args=("input",), samples=topk_samples, aliases=(torch.Tensor.topk,),
+          save=_topk_save)
 @expects("topk", _topk_shape)
-def topk_backward(grad_output, input, k, dim=-1, largest=True, sorted=True, *, needs_input_grad):
+def topk_backward(grad_output, input, k, dim=-1, largest=True, sorted=True, *, needs_input_grad, saved=None):
     """values = x[idx] (idx from torch's topk kernel, its choice among ties): dL/dx = scatter(idx, g)."""
     if not needs_input_grad[0]:
         return (None,)
     (d,) = _dims("topk", dim, input.dim()) or (0,)
-    idx = torch.topk(input, k, d, largest, sorted).indices
+    idx = saved["indices"] if saved and "indices" in saved else torch.topk(input, k, d, largest, sorted).indices
     return (_scatter_back(grad_output[0], input, idx, d) if grad_output[0] is not None else None,)
 
 
@@ -863,12 +870,18 @@ def _sort_forward(input, dim=-1, descending=False, stable=None):
     return torch.sort(input, dim=dim, descending=descending, stable=stable)
 
 
-@register("sort", torch_fn=torch.sort, tensor_args=("input",), samples=sort_samples, aliases=(torch.Tensor.sort,))
+def _sort_save(input, dim=-1, descending=False, stable=None):
+    out = _sort_forward(input, dim, descending, stable)
+    return out, {"indices": out.indices}
+
+
+@register("sort", torch_fn=torch.sort, tensor_args=("input",), samples=sort_samples, aliases=(torch.Tensor.sort,),
+          save=_sort_save)
 @expects("sort", _sort_shape)
-def sort_backward(grad_output, input, dim=-1, descending=False, stable=None, *, needs_input_grad):
+def sort_backward(grad_output, input, dim=-1, descending=False, stable=None, *, needs_input_grad, saved=None):
     """values = x[idx] (idx from torch's sort kernel, ties as it orders them): dL/dx = scatter(idx, g)."""
     if not needs_input_grad[0] or grad_output[0] is None:
         return (None,)
     (d,) = _dims("sort", dim, input.dim()) or (0,)
-    idx = _sort_forward(input, d, descending, stable).indices
+    idx = saved["indices"] if saved and "indices" in saved else _sort_forward(input, d, descending, stable).indices
     return (_scatter_back(grad_output[0], input, idx, d),)
