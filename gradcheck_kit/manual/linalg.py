@@ -61,7 +61,7 @@ from gradcheck_kit.manual import _shapes, _symbolic
 from gradcheck_kit.manual._sampling import Maker
 from gradcheck_kit.manual.elementwise import _nuclear_norm_backward, norm_symbolic
 from gradcheck_kit.manual.reductions import _dims, _reduced, _restore, expects
-from gradcheck_kit.manual.registry import Sample, register
+from gradcheck_kit.manual.registry import Sample, named_call, register
 
 __all__: list[str] = []
 
@@ -741,14 +741,7 @@ def _prod_call(*args, **kwargs):
     torch's documented Python signature of ``prod`` is ``(input, dtype=None)`` (its overloads merged),
     which would bind ``x.prod(1)`` as ``dtype=1``; naming ``dim`` makes a tracer bind it by name.
     """
-    names = ("input", "dim", "keepdim")
-    if len(args) > len(names) or set(kwargs) - {*names, "dtype", "out"}:
-        raise InvalidParameterError("prod: expected (input, dim=None, keepdim=False, *, dtype=None)")
-    given = dict(zip(names, args))
-    for k, v in kwargs.items():
-        if k in given:
-            raise InvalidParameterError(f"prod: got multiple values for {k!r}")
-        given[k] = v
+    given = named_call("prod", ("input", "dim", "keepdim"), args, kwargs, ("dtype", "out"))
     if "input" not in given:
         raise InvalidParameterError("prod: the input tensor is missing")
     return (given.pop("input"),), given

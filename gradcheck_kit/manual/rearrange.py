@@ -34,7 +34,7 @@ import torch
 from gradcheck_kit.errors import InvalidParameterError, UnsupportedError
 from gradcheck_kit.manual._sampling import Maker
 from gradcheck_kit.manual._shapes import check_grad_shape, meta_output_shape
-from gradcheck_kit.manual.registry import Sample, register
+from gradcheck_kit.manual.registry import Sample, named_call, register
 
 __all__: list[str] = []
 
@@ -352,9 +352,6 @@ def _repeat_interleave(input, repeats=None, dim=None, *, output_size=None):
 
 
 _repeat_interleave.mirrors = torch.repeat_interleave
-_INTERLEAVE_ARGS = ("input", "repeats", "dim")
-
-
 def _repeat_interleave_call(*args, **kwargs):
     """torch's call as the rule's ``(input,), {"repeats": r, "dim": d, ...}``.
 
@@ -363,13 +360,7 @@ def _repeat_interleave_call(*args, **kwargs):
     ``repeats`` by keyword makes a tracer bind it by name.  The one-tensor form
     ``repeat_interleave(repeats)`` (integer indices, no gradient) is refused and bound as it is.
     """
-    if len(args) > len(_INTERLEAVE_ARGS) or set(kwargs) - {*_INTERLEAVE_ARGS, "output_size"}:
-        raise InvalidParameterError("repeat_interleave: expected (input, repeats, dim=None, *, output_size=None)")
-    given = dict(zip(_INTERLEAVE_ARGS, args))
-    for k, v in kwargs.items():
-        if k in given:
-            raise InvalidParameterError(f"repeat_interleave: got multiple values for {k!r}")
-        given[k] = v
+    given = named_call("repeat_interleave", ("input", "repeats", "dim"), args, kwargs, ("output_size",))
     if given.get("repeats") is None or "input" not in given:
         raise InvalidParameterError("repeat_interleave: the one-tensor form repeat_interleave(repeats) has no rule")
     return (given.pop("input"),), given

@@ -301,6 +301,26 @@ def _dotted(fn) -> str:
     return f"{getattr(fn, '__module__', None) or 'torch'}.{qual}"
 
 
+def named_call(op: str, names: Sequence[str], args: tuple, kwargs: dict, keywords: Sequence[str] = ()) -> dict:
+    """``{name: value}`` of a call, positional ``args`` named by ``names`` in order, ``kwargs`` as given.
+
+    For a ``torch_fn.call_as_rule`` whose torch signature the tracer would misread (``x.prod(1)`` is
+    ``dim=1``, not torch's documented ``dtype``): the call's arguments by name, so they bind as meant.
+    Too many positionals, an unknown keyword or one given twice is an ``InvalidParameterError``.
+    """
+    from gradcheck_kit.errors import InvalidParameterError
+
+    if len(args) > len(names) or set(kwargs) - {*names, *keywords}:
+        raise InvalidParameterError(f"{op}: expected ({', '.join(names)}"
+                                    + (f", *, {', '.join(keywords)}" if keywords else "") + ")")
+    given = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k in given:
+            raise InvalidParameterError(f"{op}: got multiple values for {k!r}")
+        given[k] = v
+    return given
+
+
 _REGISTRY: dict[str, Rule] = {}
 _BY_CALLABLE: dict[Any, str] = {}
 
