@@ -417,7 +417,7 @@ class FiniteDifferenceReference:
             return {n: g.double().cpu() for n, g in run.subject_grads_at(pt, float64=True).items()}
 
         def differences(h, eps, g0, gp):
-            """(reference, kink mask) per input from central differences at steps h and h/2."""
+            """(reference, kink mask, g at x - h v) per input from central differences at steps h and h/2."""
             gm, gp2, gm2 = at(-1.0, h), at(0.5, h), at(-0.5, h)
             ref, kink = {}, {}
             for n in wrt:
@@ -437,7 +437,7 @@ class FiniteDifferenceReference:
                 kink[n] = jump
                 if eps == _fd.EPS64:  # with a large step (low-precision manual) d+ - d- = h g'' is no kink test
                     kink[n] = jump | ((dp - dm).abs() > a2 + r2 * torch.maximum(dp.abs(), dm.abs()) + noise)
-            return ref, kink
+            return ref, kink, gm
 
         h, eps, retried = run.fd_eps, _fd.EPS64, False
         g0 = at(0.0, h)
@@ -448,7 +448,7 @@ class FiniteDifferenceReference:
                                   for n in wrt):
             gp = None
         if gp is not None:
-            ref, kink = differences(h, eps, g0, gp)
+            ref, kink, gm = differences(h, eps, g0, gp)
             # float32 arithmetic inside a float64 result (a 0-d float64 operand does not promote a float32
             # tensor): the gradient moves by rounding steps, and most elements look like jumps at step h.
             # Real kinks crossed within a step of 1e-6 are rare: take it as low precision
@@ -456,7 +456,6 @@ class FiniteDifferenceReference:
             # by a unit's contribution; strong curvature, as rms_norm's near 0, moves by h H v)
             total = sum(k.numel() for k in kink.values())
             flagged = sum(int(k.sum()) for k in kink.values())
-            gm = at(-1.0, h)
             tiny = all(bool(((gp[n] - g0[n]).abs()[kink[n]] <= 64 * _EPS32 * _absmax(g0[n])).all()
                             and ((g0[n] - gm[n]).abs()[kink[n]] <= 64 * _EPS32 * _absmax(g0[n])).all())
                        for n in wrt)
@@ -467,7 +466,7 @@ class FiniteDifferenceReference:
             eps = max(float(torch.finfo(run.subject[wrt[0]].dtype).eps), float(torch.finfo(torch.float32).eps))
             h = 3e-3
             g0, gp = at(0.0, h), at(1.0, h)
-            ref, kink = differences(h, eps, g0, gp)
+            ref, kink, _ = differences(h, eps, g0, gp)
         mags = {n: float(ref[n][~kink[n]].abs().max()) if bool((~kink[n]).any()) else 0.0 for n in wrt}
         top = max(mags.values(), default=0.0)
         out, masks = [], {}
