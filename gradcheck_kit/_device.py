@@ -60,6 +60,8 @@ class DeviceRun:
         self.repeat = repeat if repeat is not None else (2 if self.is_cuda else 1)
         self.info: dict = {}
         self._ref64 = None
+        self._own_error: dict = {}   # order -> {name: torch's own error below float64} (own_error)
+        self.autograd64: dict | None = None   # float64 autograd gradients, set with own_error(1)
 
     # inputs for references computed in float64 on the CPU (CUDA runs, half precision, finite differences)
     def ref64(self) -> dict:
@@ -293,7 +295,7 @@ class DeviceRun:
         """
         if self.manual is None or all(g.dtype == torch.float64 for g in self.subject.values()):
             return None
-        cache = self.__dict__.setdefault("_own_error", {})
+        cache = self._own_error
         if order not in cache:
             try:
                 with _no_tf32():

@@ -68,7 +68,7 @@ class AutogradReference:
         note gives both errors either way.
         """
         own = run.own_error()
-        a64 = getattr(run, "autograd64", None)
+        a64 = run.autograd64
         n = res.name
         if own is None or a64 is None or res.order != 1 or n not in own:
             return res
